@@ -1,0 +1,36 @@
+# vcap: two commands on a fresh machine.
+#   make quickstart   create .venv, install, run the offline end-to-end recipe
+#   make test         create .venv, install, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export GRADIO_ANALYTICS_ENABLED ?= False
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test quickstart chromium clean
+
+install: $(STAMP)
+
+# torch first, pinned (pip takes the local CPU wheel); then the project and its dev extras
+# under constraints.txt, which pins torch and the matching torchvision.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+quickstart: install
+	$(BIN)/vcap quickstart
+
+# Headless Chromium for the browser test of the demo (Debian's package).
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

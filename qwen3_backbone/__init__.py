@@ -1,0 +1,21 @@
+"""qwen3_backbone: a Qwen3 language model (dense and MoE) written from scratch.
+
+Usable on its own: config presets and ``Qwen3Config.from_hf``, the model, a preallocated KV cache,
+batched generation, safetensors loading/saving in the Hugging Face format, the Qwen3 tokenizer,
+the official chat template and the hybrid-thinking helpers. It knows nothing about video.
+"""
+
+from .cache import KVCache
+from .config import PRESETS, Qwen3Config
+from .model import Qwen3ForCausalLM
+from .weights import CheckpointError, load_pretrained, save_pretrained
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "KVCache",
+    "Qwen3Config",
+    "Qwen3ForCausalLM",
+    "load_pretrained",
+    "save_pretrained",
+]

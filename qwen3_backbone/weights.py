@@ -1,0 +1,188 @@
+"""Read and write Qwen3 weights in the Hugging Face checkpoint format (safetensors only).
+
+``load_pretrained`` builds the model on the meta device (no memory), then reads each tensor from
+the memory-mapped safetensors file(s), converts it to the requested dtype/device and assigns it,
+so the weights are never held twice. Loading is strict: every checkpoint tensor must be used and
+every parameter filled, with matching shapes; errors name the key. Pickle files are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import Qwen3Config
+from .model import Qwen3ForCausalLM
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config (names the file and the key)."""
+
+
+def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = False) -> Path:
+    """A local model folder for a path or a hub id, without touching the network by default.
+
+    A hub id (``Qwen/Qwen3-0.6B``) is looked up in the local huggingface_hub cache. If it is not
+    there, this fails at once with instructions, unless ``download=True`` asks to fetch it.
+    """
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_dir)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model directory not found: {name}")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.txt"]
+    try:
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
+    except Exception as cached_error:  # not cached (LocalEntryNotFoundError), or a bad id
+        if not download:
+            raise FileNotFoundError(
+                f"{name} is not in the local Hugging Face cache and vcap does not download by default.\n"
+                f"Pass a local directory that holds config.json and *.safetensors instead, e.g.\n"
+                f"  huggingface-cli download {name} --local-dir ./{name.split('/')[-1]}\n"
+                f"then use ./{name.split('/')[-1]}; or allow a download explicitly (download=True)."
+            ) from cached_error
+    return Path(snapshot_download(name, allow_patterns=patterns))
+
+
+def _checkpoint_files(model_dir: Path) -> dict[str, Path]:
+    """Map every tensor name to the safetensors file that holds it."""
+    index = model_dir / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        return {name: model_dir / file for name, file in weight_map.items()}
+    single = model_dir / SINGLE_FILE
+    if single.exists():
+        with safe_open(str(single), framework="pt") as f:
+            return {name: single for name in f.keys()}
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
+        raise CheckpointError(f"{model_dir}: only pickle weights (*.bin/*.pt) found; vcap loads safetensors only")
+    raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def load_pretrained(
+    name_or_dir: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+    download: bool = False,
+) -> Qwen3ForCausalLM:
+    """Load a Qwen3 / Qwen3-MoE checkpoint (a local HF model folder or a cached hub id).
+
+    The folder holds ``config.json`` and ``model.safetensors`` or sharded ``model-*.safetensors``
+    with ``model.safetensors.index.json``. With ``tie_word_embeddings`` and no ``lm_head.weight``
+    the head shares the embedding matrix. Returns the model in eval mode.
+    """
+    model_dir = resolve_model_dir(name_or_dir, download=download)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    config = Qwen3Config.from_hf(model_dir / "config.json")
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    expected = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
+    files = _checkpoint_files(model_dir)
+
+    tied = config.tie_word_embeddings
+    unexpected = sorted(set(files) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"{model_dir}: unexpected tensor {unexpected[0]!r} in the checkpoint"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+            + " that the config does not describe"
+        )
+    needed = [n for n in expected if not (tied and n == "lm_head.weight")]
+    missing = [n for n in needed if n not in files]
+    if missing:
+        raise CheckpointError(
+            f"{model_dir}: missing tensor {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name in needed:
+        by_file.setdefault(files[name], []).append(name)
+    for file, names in by_file.items():
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in names:
+                tensor = f.get_tensor(name)
+                if tuple(tensor.shape) != tuple(expected[name].shape):
+                    raise CheckpointError(
+                        f"{file.name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                        f"the config expects {tuple(expected[name].shape)}"
+                    )
+                state[name] = tensor.to(device=device, dtype=dtype)
+    if tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Buffers (RoPE frequencies) were built on the CPU; keep them in fp32 on the target device.
+    model.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.to(device)
+    return model.eval()
+
+
+def save_pretrained(
+    model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3
+) -> Path:
+    """Write ``config.json`` and safetensors weights that transformers' ``from_pretrained`` reads.
+
+    Large models are sharded (``model-00001-of-0000N.safetensors`` + index). The folder is written
+    next to its destination and renamed into place, so an interrupted save leaves no partial copy.
+    """
+    out = Path(out_dir)
+    config = model.config
+    state = {
+        name: t.detach().to("cpu").contiguous()
+        for name, t in model.state_dict().items()
+        if not (config.tie_word_embeddings and name == "lm_head.weight")
+    }
+    dtype = next(iter(state.values())).dtype
+    hf_config = config.to_hf()
+    hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in state.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor
+            size += nbytes
+        metadata = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / SINGLE_FILE), metadata=metadata)
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / file), metadata=metadata)
+                weight_map.update({name: file for name in shard})
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
