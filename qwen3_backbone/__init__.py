@@ -7,7 +7,7 @@ the official chat template and the hybrid-thinking helpers. It knows nothing abo
 
 from .cache import KVCache
 from .config import PRESETS, Qwen3Config
-from .model import Qwen3ForCausalLM
+from .model import Qwen3ForCausalLM, pack_for_cpu_inference, unpack_weights
 from .weights import CheckpointError, load_pretrained, save_pretrained
 
 __all__ = [
@@ -17,5 +17,7 @@ __all__ = [
     "Qwen3Config",
     "Qwen3ForCausalLM",
     "load_pretrained",
+    "pack_for_cpu_inference",
     "save_pretrained",
+    "unpack_weights",
 ]

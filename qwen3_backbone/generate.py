@@ -202,9 +202,15 @@ def _compiled_decode_step() -> Any:
 
 
 def _choose(scores: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """scores (B, V) fp32 -> chosen token ids (B,)."""
+    """scores (B, V) fp32 -> chosen token ids (B,): argmax, or a draw from the warped distribution."""
     if not config.do_sample:
         return scores.argmax(dim=-1)
+    probs = warp_scores(scores, config).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def warp_scores(scores: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p filtering (removed tokens get -inf): (B, V) -> (B, V)."""
     scores = scores / config.temperature
     if config.top_k and config.top_k < scores.shape[-1]:
         kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -220,8 +226,7 @@ def _choose(scores: torch.Tensor, config: SamplingConfig, generator: torch.Gener
         probs = scores.softmax(dim=-1)
         threshold = config.min_p * probs.max(dim=-1, keepdim=True).values
         scores = scores.masked_fill(probs < threshold, float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return scores
 
 
 class _Penalties:

@@ -146,7 +146,7 @@ def save_pretrained(
     out = Path(out_dir)
     config = model.config
     state = {
-        name: t.detach().to("cpu").contiguous()
+        name: (t.to_dense() if t.is_mkldnn else t).detach().to("cpu").contiguous()
         for name, t in model.state_dict().items()
         if not (config.tie_word_embeddings and name == "lm_head.weight")
     }
