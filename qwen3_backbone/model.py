@@ -53,6 +53,7 @@ class Linear(nn.Linear):
             and self.weight.dtype == torch.float32
             and x.device.type == "cpu"
             and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # Inductor lowers F.linear itself
         ):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
