@@ -1,1 +1,39 @@
-"""projector: vision-to-language projectors behind one contract (filled in by the captioner issue)."""
+"""projector: vision-to-language projectors behind one contract.
+
+Every projector maps frozen vision features to the language model's embedding width:
+
+    forward(feats: (B, T, P, Dv)) -> (B, N, D)        num_output_tokens(T, P) -> N
+
+Types (one file each, one config dataclass each): ``linear``, ``mlp2x_gelu`` (LLaVA-1.5's two-layer
+GELU MLP) and ``pooled_mlp`` (spatial average pooling with a stride as LLaVA-NeXT-Video does,
+optional temporal pooling, then the MLP). ``build_projector(config)`` constructs one from its
+config; ``save_projector`` / ``load_projector`` write and read safetensors weights together with
+the config (``projector.safetensors`` + ``projector.json``).
+"""
+
+from .registry import (
+    PROJECTORS,
+    build_projector,
+    load_projector,
+    projector_config_from_dict,
+    projector_config_to_dict,
+    save_projector,
+)
+from .linear import LinearProjector, LinearProjectorConfig
+from .mlp import MLPProjector, MLPProjectorConfig
+from .pooled_mlp import PooledMLPProjector, PooledMLPProjectorConfig
+
+__all__ = [
+    "PROJECTORS",
+    "LinearProjector",
+    "LinearProjectorConfig",
+    "MLPProjector",
+    "MLPProjectorConfig",
+    "PooledMLPProjector",
+    "PooledMLPProjectorConfig",
+    "build_projector",
+    "load_projector",
+    "projector_config_from_dict",
+    "projector_config_to_dict",
+    "save_projector",
+]

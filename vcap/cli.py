@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from . import __version__
 
 # name -> (module implementing it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("vcap.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""Projectors: the shared contract, each type against torch's own ops, the registry and I/O."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from projector import (
+    PROJECTORS,
+    LinearProjectorConfig,
+    MLPProjectorConfig,
+    PooledMLPProjectorConfig,
+    build_projector,
+    load_projector,
+    projector_config_from_dict,
+    save_projector,
+)
+
+CONFIGS = [
+    LinearProjectorConfig(32, 48),
+    MLPProjectorConfig(32, 48),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=1),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3),  # needs edge padding
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{type(c).__name__}")
+@pytest.mark.parametrize("T, P", [(8, 16), (5, 49), (1, 4)])
+def test_contract_shapes(config, T, P):
+    torch.manual_seed(0)
+    projector = build_projector(config)
+    out = projector(torch.randn(2, T, P, 32))
+    assert out.shape == (2, projector.num_output_tokens(T, P), 48)
+
+
+def test_linear_and_mlp_are_the_documented_maps():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 3, 4, 32)
+    linear = build_projector(LinearProjectorConfig(32, 48))
+    expected = F.linear(feats.reshape(2, 12, 32), linear.proj.weight, linear.proj.bias)
+    assert torch.allclose(linear(feats), expected)
+    mlp = build_projector(MLPProjectorConfig(32, 48))
+    first, second = mlp.mlp[0], mlp.mlp[2]
+    hidden = F.gelu(F.linear(feats.reshape(2, 12, 32), first.weight, first.bias))
+    assert torch.allclose(mlp(feats), F.linear(hidden, second.weight, second.bias))
+    assert len(mlp.mlp) == 3  # Linear, GELU, Linear: LLaVA-1.5's mlp2x_gelu
+
+
+def test_pooled_mlp_averages_patch_blocks_and_frame_pairs():
+    torch.manual_seed(0)
+    feats = torch.randn(1, 4, 16, 32)  # 4 frames of a 4x4 grid
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2))
+    grid = feats.reshape(4, 4, 4, 32).permute(0, 3, 1, 2)  # (T, Dv, 4, 4)
+    spatial = F.avg_pool2d(grid, 2)  # (T, Dv, 2, 2) per frame, by torch's 2-D pool
+    pooled = (spatial[0::2] + spatial[1::2]) / 2  # frame pairs
+    tokens = pooled.permute(0, 2, 3, 1).reshape(1, 8, 32)
+    assert projector.num_output_tokens(4, 16) == 8
+    assert torch.allclose(projector(feats), projector.mlp(tokens), atol=1e-6)
+
+
+def test_pooled_mlp_refuses_a_non_square_grid():
+    projector = build_projector(PooledMLPProjectorConfig(32, 48))
+    with pytest.raises(ValueError, match="square patch grid"):
+        projector.num_output_tokens(8, 50)  # 49 patches + a class token
+
+
+def test_registry_lists_every_type_and_names_errors():
+    assert set(PROJECTORS) == {"linear", "mlp2x_gelu", "pooled_mlp"}
+    config = projector_config_from_dict({"type": "pooled_mlp", "vision_hidden_size": 8, "text_hidden_size": 4,
+                                         "spatial_stride": 4})
+    assert isinstance(config, PooledMLPProjectorConfig) and config.spatial_stride == 4
+    with pytest.raises(ValueError, match="type must be one of"):
+        projector_config_from_dict({"type": "qformer"})
+    with pytest.raises(ValueError, match="unknown key 'stride'"):
+        projector_config_from_dict({"type": "linear", "vision_hidden_size": 8, "text_hidden_size": 4, "stride": 2})
+    with pytest.raises(ValueError, match="text_hidden_size must be a positive integer"):
+        LinearProjectorConfig(8, 0)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: type(c).__name__)
+def test_save_and_load_round_trip(tmp_path, config):
+    torch.manual_seed(0)
+    projector = build_projector(config)
+    save_projector(projector, tmp_path)
+    assert (tmp_path / "projector.safetensors").exists() and (tmp_path / "projector.json").exists()
+    loaded = load_projector(tmp_path)
+    assert loaded.config == config
+    feats = torch.randn(1, 2, 16, 32)
+    assert torch.equal(loaded(feats), projector(feats))
+
+
+def test_loading_weights_of_another_type_is_named(tmp_path):
+    save_projector(build_projector(MLPProjectorConfig(32, 48)), tmp_path)
+    (tmp_path / "projector.json").write_text('{"type": "linear", "vision_hidden_size": 32, "text_hidden_size": 48}')
+    with pytest.raises(ValueError, match="weight"):
+        load_projector(tmp_path)

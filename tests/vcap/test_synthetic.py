@@ -1,0 +1,77 @@
+"""Synthetic captioned clips: attributes, captions in both languages, splits, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vcap.cli import main
+from vcap.synthetic import (
+    ClipAttributes,
+    all_combinations,
+    caption,
+    held_out_pairs,
+    make_dataset,
+    parse_attributes,
+    render_frames,
+    states_all_attributes,
+)
+from vcap.video import read_frames
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_every_caption_states_every_attribute_and_parses_back(lang):
+    combos = all_combinations()
+    assert len(combos) == 3 * 6 * 3 * 4 * 2 * 2
+    for attrs in combos:
+        assert states_all_attributes(caption(attrs, lang), lang, attrs)
+
+
+def test_caption_examples():
+    attrs = ClipAttributes("triangle", "blue", 2, "top_to_bottom", "large", "black")
+    assert caption(attrs, "en") == "Two large blue triangles move from top to bottom on a black background."
+    assert caption(attrs, "ko") == "검은색 배경에서 큰 파란색 삼각형 두 개가 위에서 아래로 움직입니다."
+    wrong = "Two large red triangles move from top to bottom on a black background."
+    assert not states_all_attributes(wrong, "en", attrs)
+    assert parse_attributes("빨간색 원과 파란색 원", "ko")["colour"] is None  # two colours: not stated
+
+
+def test_frames_show_the_attributes():
+    attrs = ClipAttributes("square", "yellow", 1, "left_to_right", "large", "gray")
+    frames = render_frames(attrs, size=64, num_frames=8)
+    yellow = (frames[..., 0] > 200) & (frames[..., 1] > 200) & (frames[..., 2] < 100)
+    xs = [np.nonzero(yellow[t])[1].mean() for t in range(8)]
+    assert xs == sorted(xs) and xs[-1] - xs[0] > 20  # it moves left to right
+    assert np.all(frames[0, 0, 0] == (120, 120, 120))  # on gray
+
+
+def test_dataset_splits_hold_out_combinations(tmp_path):
+    manifests = make_dataset(tmp_path, n_train=12, n_val=4, n_test=6, seed=3, size=32, num_frames=6, progress=False)
+    unseen = held_out_pairs(3)
+    records = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in manifests.items()}
+    for split in ("train", "val"):
+        assert all((r["attributes"]["shape"], r["attributes"]["colour"]) not in unseen for r in records[split])
+    assert sum(r["unseen_combination"] for r in records["test"]) == 2 * 3  # half of 6 clips, two languages
+    assert {r["lang"] for r in records["train"]} == {"en", "ko"} and len(records["train"]) == 24
+    first = records["train"][0]
+    clip = read_frames(tmp_path / first["video"], num_frames=6)
+    assert clip.frames.shape == (6, 32, 32, 3)
+    assert first["caption"] == caption(ClipAttributes(**first["attributes"]), first["lang"])
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = make_dataset(tmp_path / "a", n_train=3, n_val=1, n_test=2, seed=5, size=32, num_frames=4, progress=False)
+    b = make_dataset(tmp_path / "b", n_train=3, n_val=1, n_test=2, seed=5, size=32, num_frames=4, progress=False)
+    assert a["train"].read_text() == b["train"].read_text()
+    clip_a = read_frames(tmp_path / "a" / "train" / "train_00000.mp4", num_frames=4).frames
+    clip_b = read_frames(tmp_path / "b" / "train" / "train_00000.mp4", num_frames=4).frames
+    assert np.array_equal(clip_a, clip_b)
+
+
+def test_vcap_synth_command(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--n", "2", "--n-val", "1", "--n-test", "2", "--size", "32",
+                 "--frames", "4", "--quiet"]) == 0
+    assert (tmp_path / "train.jsonl").exists() and len(list((tmp_path / "train").glob("*.mp4"))) == 2
+    assert "train:" in capsys.readouterr().out

