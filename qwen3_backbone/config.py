@@ -305,6 +305,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tiny shapes for tests and the quickstart (the real vocabulary, so the real tokenizer fits).
     "tiny": dict(_COMMON, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=16, intermediate_size=128, tie_word_embeddings=True),
+    "mini": dict(_COMMON, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=32, intermediate_size=384, tie_word_embeddings=True),  # the quickstart's LM
     "tiny-moe": dict(_COMMON, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                      head_dim=16, intermediate_size=128, num_experts=8, num_experts_per_tok=2,
                      moe_intermediate_size=32, norm_topk_prob=True, tie_word_embeddings=False),

@@ -154,6 +154,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return [_convert(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 2e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be float, got {value!r}") from None
     if hint in (int, float, str, bool):
         if isinstance(value, bool) and hint is not bool:
             raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
@@ -237,6 +242,7 @@ class DataConfig:
     val: str | None = None
     feature_cache: str | None = "runs/feature_cache"  # None: recompute features every run
     max_samples: int | None = None  # use only the first N training samples
+    text_only: bool = False  # train on the captions' text without videos (pretraining the language model)
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -301,6 +307,11 @@ class TrainConfig:
             raise ConfigError("train.qlora needs train.stage: lora (4-bit base weights cannot be trained)")
 
 
+def check_run(cfg: "RunConfig") -> None:
+    if cfg.data.text_only and cfg.train.stage == "projector":
+        raise ConfigError("data.text_only trains the language model alone: use train.stage full or lora")
+
+
 @dataclass
 class RunConfig:
     """A whole run: what to build (model), what to read (data) and how to train (train)."""
@@ -314,6 +325,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """A YAML run config with ``key=value`` overrides applied (errors name the file and key)."""
     data = apply_overrides(read_config_file(path), overrides or [])
     try:
-        return config_from_dict(RunConfig, data)
+        cfg = config_from_dict(RunConfig, data)
+        check_run(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -156,11 +156,20 @@ class VideoCaptioner(nn.Module):
 
     # -- captioning ---------------------------------------------------------------------------------
     def prepare(
-        self, clips: Sequence[Frames], prompt: str | None, lang: str, thinking: bool
+        self, clips: Sequence[Frames], prompt: str | None, lang: str, thinking: bool,
+        features: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-        """Left-padded prompt ids (B, S), attention mask (B, S) and spliced embeddings (B, S, D)."""
+        """Left-padded prompt ids (B, S), attention mask (B, S) and spliced embeddings (B, S, D).
+
+        ``features[i]``, when given, are clip i's vision features (T, P, Dv) from the feature
+        cache; the other clips are encoded here."""
         instruction = self.instruction(prompt, lang)
-        feats = self.encode_frames([c.frames for c in clips])  # [(T_i, P, Dv)]
+        features = list(features) if features is not None else [None] * len(clips)
+        todo = [i for i, f in enumerate(features) if f is None]
+        if todo:
+            for i, f in zip(todo, self.encode_frames([clips[i].frames for i in todo])):
+                features[i] = f
+        feats = [f.to(self.device) for f in features]  # [(T_i, P, Dv)]
         videos = [self.project(f[None])[0] for f in feats]  # [(N_i, D)]
         rows = [self.prompt_ids(v.shape[0], instruction, thinking) for v in videos]
         S = max(len(r) for r in rows)
@@ -215,11 +224,13 @@ class VideoCaptioner(nn.Module):
         sampling: str | SamplingConfig | None = None,
         seed: int | None = None,
         read_seconds: float = 0.0,
+        features: Sequence[torch.Tensor | None] | None = None,
         **sampling_overrides: Any,
     ) -> list[CaptionResult]:
-        """Caption already-read clips as one batch (what ``caption`` and ``vcap caption`` call)."""
+        """Caption already-read clips as one batch (what ``caption`` and ``vcap caption`` call);
+        ``features`` optionally holds cached vision features per clip (see ``prepare``)."""
         t0 = time.perf_counter()
-        ids, mask, embeds, instruction = self.prepare(clips, prompt, lang, thinking)
+        ids, mask, embeds, instruction = self.prepare(clips, prompt, lang, thinking, features)
         t1 = time.perf_counter()
         out = generate(
             self.lm, ids, mask, inputs_embeds=embeds,
@@ -305,12 +316,16 @@ class VideoCaptioner(nn.Module):
     ) -> torch.Tensor:
         """Mean cross-entropy over the target tokens.
 
-        video_features: per sample (T_i, P, Dv) frozen vision features.
+        video_features: per sample (T_i, P, Dv) frozen vision features (all None: text-only).
         input_ids, attention_mask, labels (B, S): right- or left-padded; labels hold the next
             token to predict at each position, -100 where there is no target.
         """
-        videos = [self.projector(f[None].to(next(self.projector.parameters()).dtype))[0] for f in video_features]
-        embeds = self.splice(input_ids, [v.to(self.dtype) for v in videos])
+        if all(f is None for f in video_features):  # text-only samples
+            embeds = self.lm.model.embed_tokens(input_ids)
+        else:
+            weight = next(self.projector.parameters())
+            videos = [self.projector(f[None].to(weight.dtype))[0].to(self.dtype) for f in video_features]
+            embeds = self.splice(input_ids, videos)
         hidden = self.lm.model(inputs_embeds=embeds, attention_mask=attention_mask)  # (B, S, D)
         target = labels != -100  # (B, S)
         logits = self.lm.lm_head(hidden[target])  # (M, V): only where there is a target
@@ -329,13 +344,20 @@ def _sampling(sampling: str | SamplingConfig | None) -> SamplingConfig | None:
 
 def build_language_model(spec: str, base: Path | None = None, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu") -> Qwen3ForCausalLM:
-    """``preset:NAME`` (random weights) or a model folder / cached hub id (strict safetensors load)."""
+    """``preset:NAME`` (random weights), a model folder, a cached hub id, or a training run of the
+    full stage (its newest checkpoint's language model). Loading is strict, safetensors only."""
     if spec.startswith("preset:"):
         model = Qwen3ForCausalLM(Qwen3Config.from_name(spec.split(":", 1)[1]))
         return model.to(device=device, dtype=dtype).eval()
     path = Path(spec)
     if base is not None and not path.is_absolute() and (base / path).exists():
         path = base / path
+    if path.is_dir() and not (path / "config.json").exists():
+        from .checkpoint import latest_checkpoint
+
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is not None and (checkpoint / "language_model").exists():
+            path = checkpoint / "language_model"
     return load_pretrained(path if path.exists() else spec, dtype=dtype, device=device)
 
 

@@ -3,8 +3,9 @@
 ``VisionEncoder(VisionConfig(model_name="ViT-B-32", pretrained=..., feature_layer=-2))``:
 - ``pretrained`` is an open_clip tag (e.g. ``laion2b_s34b_b79k``, ``openai``), served from the
   local Hugging Face cache as ``open_clip_model.safetensors``; a local ``.safetensors`` file; or
-  None for random weights (tests and the offline quickstart). Only safetensors are read. Offline
-  and uncached, a tag fails at once with a message saying how to pass a local file.
+  None for random weights (tests and the offline quickstart), drawn from ``seed`` so that the
+  same config always builds the same encoder. Only safetensors are read. Offline and uncached, a
+  tag fails at once with a message saying how to pass a local file.
 - ``feature_layer`` picks the transformer block whose output is used (-1 last, -2 second to
   last as LLaVA does); blocks after it are pruned so they never run.
 - ``use_cls_token`` keeps the class token in front of the patch tokens.
@@ -39,6 +40,7 @@ class VisionLoadError(RuntimeError):
 class VisionConfig:
     model_name: str = "ViT-B-32"
     pretrained: str | None = None  # open_clip tag, a local .safetensors path, or None (random)
+    seed: int = 0  # random weights are drawn from this seed: the same config is the same encoder
     feature_layer: int = -2  # which block's output: -1 last, -2 second to last (LLaVA)
     use_cls_token: bool = False
     download: bool = False  # allow fetching a tag's weights from the Hugging Face hub
@@ -103,8 +105,10 @@ class VisionEncoder(nn.Module):
         quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
         logging.getLogger().addFilter(quiet)
         try:
-            model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu,
-                                           **_model_overrides(config))
+            with torch.random.fork_rng(devices=[]):  # reproducible random weights; the caller's RNG untouched
+                torch.manual_seed(config.seed)
+                model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu,
+                                               **_model_overrides(config))
         except RuntimeError as e:
             raise VisionLoadError(f"open_clip cannot build {config.model_name!r}: {e}") from None
         finally:

@@ -12,7 +12,7 @@ from vcap.synthetic import (
     ClipAttributes,
     all_combinations,
     caption,
-    held_out_pairs,
+    split_combinations,
     make_dataset,
     parse_attributes,
     render_frames,
@@ -49,16 +49,29 @@ def test_frames_show_the_attributes():
 
 def test_dataset_splits_hold_out_combinations(tmp_path):
     manifests = make_dataset(tmp_path, n_train=12, n_val=4, n_test=6, seed=3, size=32, num_frames=6, progress=False)
-    unseen = held_out_pairs(3)
+    seen, unseen = split_combinations(3)
+    assert len(seen) == 648 and not set(seen) & set(unseen)
     records = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in manifests.items()}
     for split in ("train", "val"):
-        assert all((r["attributes"]["shape"], r["attributes"]["colour"]) not in unseen for r in records[split])
+        assert all(ClipAttributes(**r["attributes"]) in seen and not r["unseen_combination"] for r in records[split])
+    test_unseen = [ClipAttributes(**r["attributes"]) in set(unseen) for r in records["test"]]
+    assert test_unseen == [r["unseen_combination"] for r in records["test"]]
     assert sum(r["unseen_combination"] for r in records["test"]) == 2 * 3  # half of 6 clips, two languages
     assert {r["lang"] for r in records["train"]} == {"en", "ko"} and len(records["train"]) == 24
     first = records["train"][0]
     clip = read_frames(tmp_path / first["video"], num_frames=6)
     assert clip.frames.shape == (6, 32, 32, 3)
     assert first["caption"] == caption(ClipAttributes(**first["attributes"]), first["lang"])
+
+
+def test_every_value_pair_still_seen_in_training():
+    seen, _ = split_combinations(0)
+    fields = ("shape", "colour", "count", "direction", "size", "background")
+    for i, a in enumerate(fields):
+        for b in fields[i + 1:]:
+            pairs_seen = {(getattr(c, a), getattr(c, b)) for c in seen}
+            pairs_all = {(getattr(c, a), getattr(c, b)) for c in all_combinations()}
+            assert pairs_seen == pairs_all, (a, b)
 
 
 def test_deterministic_for_a_seed(tmp_path):

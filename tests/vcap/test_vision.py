@@ -126,3 +126,20 @@ def test_tiny_model_overrides():
     assert (tiny.hidden_size, tiny.num_patches) == (64, 16)
     out = tiny.encode_frames(np.zeros((1, 2, 80, 120, 3), dtype=np.uint8))
     assert out.shape == (1, 2, 16, 64)
+
+
+def test_random_weights_are_a_function_of_the_config():
+    """Training, export and inference must see the same random encoder, whatever the global RNG."""
+    from ..tiny import TINY_VISION
+
+    torch.manual_seed(123)
+    a = VisionEncoder(VisionConfig(**TINY_VISION))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(456)
+    b = VisionEncoder(VisionConfig(**TINY_VISION))
+    c = VisionEncoder(VisionConfig(**{**TINY_VISION, "seed": 1}))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)
+    torch.manual_seed(123)
+    VisionEncoder(VisionConfig(**TINY_VISION))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched

@@ -1,0 +1,181 @@
+"""Training checkpoints: ``out_dir/step-N/``, written whole or not at all, safetensors only.
+
+A checkpoint holds what resuming needs to continue exactly:
+- ``projector/``: projector weights + config;
+- ``adapter/``: the peft LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``,
+  loadable by peft itself), for the lora stage;
+- ``language_model/``: the full language model (Hugging Face format), for the full stage;
+- ``optimizer.safetensors`` + ``optimizer.json``: AdamW moments and parameter groups;
+- ``rng.safetensors`` + ``trainer_state.json``: step, data position (epoch, batch), scheduler
+  state, Python/NumPy/torch random states;
+- ``config.yaml``: the resolved run config.
+
+It is written into a hidden temporary folder and renamed into place, so a kill never leaves a
+half checkpoint; only the last ``keep_last`` are kept. No pickle is written or read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").exists()]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run folder (or the folder itself if it is one)."""
+    path = Path(run_dir)
+    if (path / "trainer_state.json").exists():
+        return path
+    found = checkpoint_dirs(path)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    captioner,
+    stage: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    config_yaml: str,
+    keep_last: int,
+) -> Path:
+    from projector import save_projector
+    from qwen3_backbone import save_pretrained
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=run_dir))
+    try:
+        save_projector(captioner.projector, tmp / "projector")
+        if stage == "lora":
+            captioner.language_model.save_pretrained(str(tmp / "adapter"))
+        elif stage == "full":
+            save_pretrained(captioner.lm, tmp / "language_model")
+        _save_optimizer(optimizer, tmp)
+        _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(".tmp-step-*"):  # left by a kill during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    checkpoint: Path, captioner, stage: str, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and random states; returns the trainer state."""
+    load_trainable_weights(checkpoint, captioner, stage)
+    _load_optimizer(optimizer, checkpoint)
+    state = _load_rng_and_state(checkpoint)
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
+
+
+def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
+    """The projector, plus the adapter (lora) or the language model (full) of a checkpoint."""
+    from safetensors.torch import load_file
+
+    from projector import load_projector
+
+    source = load_projector(checkpoint / "projector")
+    captioner.projector.load_state_dict(source.state_dict())
+    if stage == "lora" and (checkpoint / "adapter").exists():
+        from peft import set_peft_model_state_dict
+
+        weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(captioner.language_model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{checkpoint / 'adapter'}: unexpected adapter weight {result.unexpected_keys[0]!r}")
+    elif stage == "full" and (checkpoint / "language_model").exists():
+        weights = load_file(str(checkpoint / "language_model" / "model.safetensors"))
+        if captioner.lm.config.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        captioner.lm.load_state_dict(weights, strict=True)
+
+
+# -- optimizer state as safetensors + JSON -----------------------------------------------------------
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"format": "pt"})
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}),
+                                           encoding="utf-8")
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# -- random states and the trainer's own state ----------------------------------------------------------
+
+def _save_rng_and_state(folder: Path, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"torch": torch.get_rng_state()}, str(folder / "rng.safetensors"))
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    payload = {
+        **state,
+        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy_random": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    (folder / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+
+
+def _load_rng_and_state(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    version, internal, gauss = state.pop("python_random")
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state.pop("numpy_random")
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return state

@@ -1,0 +1,292 @@
+"""Training data: manifests, the vision feature cache, tokenized samples and collation.
+
+Manifest: JSONL, one sample per line, video paths relative to the manifest's folder:
+
+    {"video": "clips/a.mp4", "caption": "빨간 공이 굴러갑니다.", "lang": "ko"}
+    {"video": "clips/b.mp4", "conversations": [{"from": "human", "value": "<video>\\nWhat happens?"},
+                                                {"from": "gpt", "value": "A ball rolls."}]}
+
+``read_manifest`` reports every bad line with its number. Since the vision encoder is frozen, its
+features per video are computed once and kept in a :class:`FeatureCache` (safetensors files keyed
+by the file's identity and the encoder's), reused across epochs and runs; a video that cannot be
+read is skipped and reported, never a crash.
+
+A sample is tokenized with the official chat template: the user turn holds the video placeholder
+(as many <|video_pad|> as the projector outputs) and the instruction; the caption is rendered as
+the template renders a non-thinking answer, and only the answer tokens (and its <|im_end|>) are
+in the loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwen3_backbone.chat import tokenize, video_message
+
+from .config import LANGS
+from .video import VideoReadError
+
+IGNORE_INDEX = -100
+VIDEO_MARKER = "<video>"
+
+
+class ManifestError(ValueError):
+    """A manifest with bad lines; ``problems`` lists (line number, message)."""
+
+    def __init__(self, path: Path, problems: list[tuple[int, str]]) -> None:
+        self.path, self.problems = path, problems
+        shown = "\n".join(f"  {path}:{line}: {message}" for line, message in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{path}: {len(problems)} bad line(s)\n{shown}{more}")
+
+
+@dataclass
+class Sample:
+    video: Path
+    turns: list[tuple[str, str]]  # (instruction, answer) pairs; the video goes with the first
+    lang: str | None = None
+    line: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the line (e.g. attributes)
+
+    @property
+    def caption(self) -> str:
+        return self.turns[-1][1]
+
+
+def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None = None) -> list[Sample]:
+    """Parse and validate a manifest; raises ManifestError listing every bad line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    base = path.parent
+    samples: list[Sample] = []
+    problems: list[tuple[int, str]] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append((number, f"not valid JSON ({e.msg})"))
+                continue
+            try:
+                samples.append(_sample(record, base, number, instructions))
+            except ValueError as e:
+                problems.append((number, str(e)))
+    if problems:
+        raise ManifestError(path, problems)
+    if not samples:
+        raise ManifestError(path, [(0, "no samples")])
+    return samples
+
+
+def _sample(record: Any, base: Path, number: int, instructions: dict[str, str] | None) -> Sample:
+    if not isinstance(record, dict):
+        raise ValueError("each line must be a JSON object")
+    video = record.get("video")
+    if not isinstance(video, str) or not video:
+        raise ValueError("missing 'video' (a path relative to the manifest)")
+    video_path = Path(video) if os.path.isabs(video) else base / video
+    lang = record.get("lang")
+    if lang is not None and lang not in LANGS:
+        raise ValueError(f"'lang' must be one of {', '.join(LANGS)}, got {lang!r}")
+    extra = {k: v for k, v in record.items() if k not in ("video", "caption", "lang", "conversations")}
+    if "conversations" in record:
+        return Sample(video_path, _conversation_turns(record["conversations"]), lang, number, extra)
+    caption = record.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError("needs a non-empty 'caption' (with 'lang') or 'conversations'")
+    if lang is None:
+        raise ValueError("a 'caption' needs 'lang' (ko or en)")
+    instruction = (instructions or {}).get(lang)
+    if instruction is None:
+        from .config import DEFAULT_INSTRUCTIONS
+
+        instruction = DEFAULT_INSTRUCTIONS[lang]
+    return Sample(video_path, [(instruction, caption.strip())], lang, number, extra)
+
+
+def _conversation_turns(conversations: Any) -> list[tuple[str, str]]:
+    """LLaVA-style [{"from": "human"|"gpt", "value": ...}] -> (instruction, answer) pairs."""
+    if not isinstance(conversations, list) or len(conversations) < 2:
+        raise ValueError("'conversations' must be a list of at least two turns")
+    turns = []
+    for i in range(0, len(conversations) - 1, 2):
+        human, gpt = conversations[i], conversations[i + 1]
+        if not (isinstance(human, dict) and isinstance(gpt, dict)):
+            raise ValueError(f"conversations[{i}]: each turn must be an object with 'from' and 'value'")
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise ValueError(f"conversations[{i}]: turns must alternate 'human' then 'gpt'")
+        question, answer = human.get("value"), gpt.get("value")
+        if not isinstance(question, str) or not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"conversations[{i}]: 'value' must be non-empty text")
+        if (VIDEO_MARKER in question) != (i == 0):
+            raise ValueError(f"conversations[{i}]: the '{VIDEO_MARKER}' marker belongs in the first human turn only")
+        turns.append((question.replace(VIDEO_MARKER, "").strip(), answer.strip()))
+    if len(conversations) % 2:
+        raise ValueError("'conversations' must end with a 'gpt' turn")
+    return turns
+
+
+def chat_messages(sample: Sample, num_video_tokens: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The sample as a chat; ``num_video_tokens == 0`` leaves the video out (text-only training)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for i, (question, answer) in enumerate(sample.turns):
+        with_video = i == 0 and num_video_tokens > 0
+        user = video_message(num_video_tokens, question) if with_video else {"role": "user", "content": question}
+        messages += [user, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def tokenize_sample(tokenizer, sample: Sample, num_video_tokens: int, system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): labels[i] is the token to predict after position i, or IGNORE_INDEX."""
+    ids, mask = tokenize(tokenizer, chat_messages(sample, num_video_tokens, system_prompt))
+    labels = [ids[i + 1] if mask[i + 1] else IGNORE_INDEX for i in range(len(ids) - 1)] + [IGNORE_INDEX]
+    return ids, labels
+
+
+def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch of {"features", "input_ids", "labels"} into tensors."""
+    S = max(len(item["input_ids"]) for item in items)
+    B = len(items)
+    input_ids = torch.full((B, S), pad_id, dtype=torch.long)
+    labels = torch.full((B, S), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros(B, S, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        input_ids[row, :n] = torch.tensor(item["input_ids"])
+        labels[row, :n] = torch.tensor(item["labels"])
+        attention_mask[row, :n] = 1
+    return {
+        "video_features": [item["features"] for item in items],  # None for text-only samples
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "index": [item["index"] for item in items],
+    }
+
+
+# -- the vision feature cache ---------------------------------------------------------------------------
+
+class FeatureCache:
+    """Frozen-encoder features per video on disk: ``<folder>/<key>.safetensors``.
+
+    The key hashes the video's identity (absolute path, size, modification time) and the
+    encoder's (its config, weights fingerprint and the frame sampling), so a changed file or
+    encoder never reuses stale features. Files are written atomically.
+    """
+
+    def __init__(self, folder: str | os.PathLike, encoder_key: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.encoder_key = encoder_key
+
+    def key(self, video: Path) -> str:
+        stat = video.stat()
+        identity = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.encoder_key}"
+        return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def get(self, video: Path) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        path = self.folder / f"{self.key(video)}.safetensors"
+        if not path.exists():
+            return None
+        try:
+            return load_file(str(path))["features"]
+        except Exception:  # a damaged cache file is recomputed, not trusted
+            return None
+
+    def put(self, video: Path, features: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        fd, tmp = tempfile.mkstemp(prefix=".feat.", suffix=".safetensors", dir=self.folder)
+        os.close(fd)
+        save_file({"features": features.detach().cpu().contiguous()}, tmp, metadata={"video": str(video)})
+        os.replace(tmp, self.folder / f"{self.key(video)}.safetensors")
+
+
+def encoder_fingerprint(captioner) -> str:
+    """Identity of the frozen encoder and frame sampling (part of every cache key)."""
+    from .config import config_to_dict
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
+    digest.update(json.dumps(config_to_dict(captioner.config.frames), sort_keys=True).encode())
+    for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().flatten()[:64].numpy().tobytes())  # cheap weight fingerprint
+        digest.update(str(float(tensor.float().sum())).encode())
+    return digest.hexdigest()[:16]
+
+
+def extract_features(
+    captioner, videos: Sequence[Path], cache: FeatureCache | None, progress: bool = True, batch: int = 8
+) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+    """Vision features (T, P, Dv) for every readable video, from the cache where possible.
+
+    Returns (features by video, reason by unreadable video)."""
+    from tqdm import tqdm
+
+    features: dict[Path, torch.Tensor] = {}
+    failed: dict[Path, str] = {}
+    todo: list[Path] = []
+    for video in dict.fromkeys(videos):
+        cached = cache.get(video) if cache is not None and video.exists() else None
+        if cached is not None:
+            features[video] = cached
+        else:
+            todo.append(video)
+    bar = tqdm(total=len(todo), desc="vision features", unit="video", disable=not progress or not todo)
+    for start in range(0, len(todo), batch):
+        chunk, clips = [], []
+        for video in todo[start : start + batch]:
+            try:
+                clips.append(captioner.read(str(video)))
+                chunk.append(video)
+            except VideoReadError as e:
+                failed[video] = e.reason
+        if clips:
+            for video, feats in zip(chunk, captioner.encode_frames([c.frames for c in clips])):
+                feats = feats.float().cpu()
+                features[video] = feats
+                if cache is not None:
+                    cache.put(video, feats)
+        bar.update(len(todo[start : start + batch]))
+    bar.close()
+    return features, failed
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """Tokenized samples with their cached vision features; unreadable videos already dropped.
+
+    ``features=None`` builds a text-only dataset (no video in the prompt, ``features`` None).
+    """
+
+    def __init__(self, samples: Sequence[Sample], features: dict[Path, torch.Tensor] | None, captioner) -> None:
+        self.items = []
+        self.samples = []
+        for sample in samples:
+            feats = features.get(sample.video) if features is not None else None
+            if features is not None and feats is None:
+                continue
+            n = captioner.num_video_tokens(feats.shape[0]) if feats is not None else 0
+            ids, labels = tokenize_sample(captioner.tokenizer, sample, n, captioner.config.system_prompt)
+            self.items.append({"features": feats, "input_ids": ids, "labels": labels, "index": len(self.items)})
+            self.samples.append(sample)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
