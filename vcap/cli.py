@@ -16,6 +16,11 @@ from . import __version__
 
 # name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("vcap.quickstart", "synthetic clips -> three training stages -> export -> evaluation, offline (make quickstart)"),
+    "train": ("vcap.train", "train the projector, LoRA adapters or the whole language model from a YAML config"),
+    "caption": ("vcap.caption", "caption videos, folders, globs or manifests into JSONL/CSV (resumable; SRT/WebVTT with --segments)"),
+    "eval": ("vcap.evaluate", "caption a manifest's videos and report BLEU-4, ROUGE-L, CIDEr-D (and METEOR)"),
+    "export": ("vcap.export", "merge a run's LoRA adapter and write a self-contained captioner folder"),
     "synth": ("vcap.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -359,7 +360,10 @@ def _resize(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # "[08:41:27] /src/video/x.cc:218: "
+
+
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = text[:200]
+    text = _DECORD_NOISE.sub("", text)[:200]  # decord's log prefixes carry the time of day
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

