@@ -355,8 +355,12 @@ def caption_videos(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    pool: futures.ProcessPoolExecutor | None = None,
 ) -> Summary:
-    """Caption every video of ``inputs`` into ``out`` (resuming); see the module docstring."""
+    """Caption every video of ``inputs`` into ``out`` (resuming); see the module docstring.
+
+    ``pool``: reading workers from :func:`start_workers`, started early so that they import while
+    the model loads (the command does this); otherwise ``workers`` processes are started here."""
     from tqdm import tqdm
 
     settings = settings or Settings()
@@ -414,12 +418,10 @@ def caption_videos(
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     bar = tqdm(total=len(todo), desc="caption", unit="video", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
-    pool = None
+    own_pool = pool is None and workers > 0 and bool(todo)
     try:
-        if workers > 0 and todo:
-            context = multiprocessing.get_context("spawn")
-            pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                               initializer=_worker_init)
+        if own_pool:
+            pool = start_workers(workers)
         for batch in _read_ahead(pool, todo, frames, settings.segments, cache, batch_size, interrupted):
             records = _caption_batch(captioner, batch, todo, settings, settings_key, mid, out)
             journal.append(records)
@@ -437,7 +439,7 @@ def caption_videos(
                 break
     finally:
         bar.close()
-        if pool is not None:
+        if own_pool:
             pool.shutdown(wait=True, cancel_futures=True)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -466,6 +468,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def start_workers(workers: int) -> futures.ProcessPoolExecutor:
+    """Reading worker processes, already importing what they need when this returns."""
+    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init)
+    for _ in range(workers):
+        pool.submit(time.sleep, 0)  # makes the executor start every worker now
+    return pool
+
+
 def _worker_init() -> None:
     """In each reading worker: Ctrl-C is the main process's business, and a worker whose main
     process is gone (kill -9) exits instead of lingering."""
@@ -480,6 +491,7 @@ def _worker_init() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+    from . import video  # noqa: F401  (the imports a read needs, done before the first video arrives)
 
 
 def _read_ahead(pool, todo: list[Path], frames: dict[str, Any], segments: float | None, cache, batch_size: int,
@@ -658,10 +670,13 @@ def run(args: argparse.Namespace) -> int:
     if not videos:
         print(f"vcap caption: no videos found in {' '.join(args.inputs)}", file=sys.stderr)
         return EXIT_USAGE
+    pool = start_workers(args.workers) if args.workers > 0 else None  # they start while the model loads
     try:
         captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype)
     except FileNotFoundError as e:
         print(f"vcap caption: {e}", file=sys.stderr)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         return EXIT_USAGE
     if args.load_in_4bit:
         from .train import quantize_4bit
@@ -673,10 +688,15 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens,
         num_frames=args.frames, strategy=args.strategy, fps=args.fps, segments=args.segments)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    summary = caption_videos(
-        captioner, args.captioner, args.inputs, args.out, settings, batch_size=args.batch_size, workers=args.workers,
-        retry_failed=args.retry_failed, out_format=args.out_format, extensions=args.ext or VIDEO_EXTENSIONS,
-        feature_cache=args.feature_cache, progress=not args.quiet, rank=rank, world=world)
+    try:
+        summary = caption_videos(
+            captioner, args.captioner, args.inputs, args.out, settings, batch_size=args.batch_size,
+            workers=args.workers, retry_failed=args.retry_failed, out_format=args.out_format,
+            extensions=args.ext or VIDEO_EXTENSIONS, feature_cache=args.feature_cache, progress=not args.quiet,
+            rank=rank, world=world, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     print(summary.line(), file=sys.stderr)
     if rank == 0:
         print(f"captions: {args.out}", file=sys.stderr)
