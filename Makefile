@@ -28,9 +28,10 @@ test: install
 quickstart: install
 	$(BIN)/vcap quickstart
 
-# Headless Chromium for the browser test of the demo (Debian's package).
+# Headless Chromium for the browser test of the demo (Debian's packages), with a Korean font so
+# the page's Hangul renders in screenshots.
 chromium:
-	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi nanum || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,7 +1,10 @@
-"""``pooled_mlp``: average-pool the patch grid (and optionally neighbouring frames), then the MLP.
+"""``pooled_mlp``: average-pool the patch grid (and optionally merge neighbouring frames), then the MLP.
 
 As LLaVA-NeXT-Video does to fit more frames into the context: a stride-2 spatial pool turns a
-24x24 grid into 12x12, a quarter of the tokens per frame. The P tokens of a frame must form a
+24x24 grid into 12x12, a quarter of the tokens per frame. ``temporal_stride`` frames are merged
+by averaging (``temporal_merge="mean"``) or, as Qwen2-VL merges two frames per patch, by
+concatenating their features (``"concat"``), which keeps their order: each output token then
+sees how its patch changes over those frames. The P tokens of a frame must form a
 square grid (use the vision encoder without its class token). Frames are padded by repeating the
 last one when T is not a multiple of ``temporal_stride``; the spatial grid likewise by its edge.
 
@@ -27,17 +30,21 @@ class PooledMLPProjectorConfig:
     text_hidden_size: int
     spatial_stride: int = 2
     temporal_stride: int = 1
+    temporal_merge: str = "mean"  # mean | concat
     depth: int = 2
 
     def __post_init__(self) -> None:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
+        if self.temporal_merge not in ("mean", "concat"):
+            raise ValueError(f"temporal_merge must be 'mean' or 'concat', got {self.temporal_merge!r}")
 
 
 class PooledMLPProjector(nn.Module):
     def __init__(self, config: PooledMLPProjectorConfig) -> None:
         super().__init__()
         self.config = config
-        self.mlp = mlp_layers(MLPProjectorConfig(config.vision_hidden_size, config.text_hidden_size, config.depth))
+        width = config.vision_hidden_size * (config.temporal_stride if config.temporal_merge == "concat" else 1)
+        self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:
         g = math.isqrt(P)
@@ -58,6 +65,12 @@ class PooledMLPProjector(nn.Module):
         pad_t, pad_g = (-T) % ts, (-g) % s
         if pad_t or pad_g:
             x = F.pad(x, (0, pad_g, 0, pad_g, 0, pad_t), mode="replicate")
-        x = F.avg_pool3d(x, kernel_size=(ts, s, s), stride=(ts, s, s))  # (B, Dv, T', g', g')
-        x = x.flatten(2).transpose(1, 2)  # (B, T'*g'*g', Dv), frame-major
+        if self.config.temporal_merge == "concat":
+            x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, Dv, T+pad, g', g')
+            Tp, gp = x.shape[2], x.shape[3]
+            x = x.reshape(B, Dv, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, Dv)
+            x = x.reshape(B, (Tp // ts) * gp * gp, ts * Dv)  # (B, T'*g'*g', ts*Dv), frames in order
+        else:
+            x = F.avg_pool3d(x, kernel_size=(ts, s, s), stride=(ts, s, s))  # (B, Dv, T', g', g')
+            x = x.flatten(2).transpose(1, 2)  # (B, T'*g'*g', Dv), frame-major
         return self.mlp(x)  # (B, N, D)

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vcap.evaluate", "caption a manifest's videos and report BLEU-4, ROUGE-L, CIDEr-D (and METEOR)"),
     "export": ("vcap.export", "merge a run's LoRA adapter and write a self-contained captioner folder"),
     "synth": ("vcap.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
+    # the web demo lives in demo/ (UI code on top of vcap); named here by module, imported only when parsing
+    "demo": ("demo.app", "start the Gradio web demo (binds 127.0.0.1 unless --host says otherwise)"),
 }
 
 

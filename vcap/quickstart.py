@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     """Run every step; returns (evaluation report, whether the accuracy target is met)."""
     import torch
 
+    from .config import ConfigError
     from .evaluate import evaluate, format_report
     from .export import export
     from .model import load_captioner
@@ -77,7 +79,12 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     for name in STAGES:
         cfg = stage_config(folder / name, out)
         say(f"{name}: stage {cfg.train.stage} -> {cfg.train.out_dir}")
-        train(cfg, resume=True, progress=progress)
+        try:
+            train(cfg, resume=True, progress=progress)  # a finished stage is not repeated
+        except ConfigError as e:  # its config changed since the last run: redo the stage
+            say(f"  {e}\n  starting {cfg.train.out_dir} over")
+            shutil.rmtree(cfg.train.out_dir)
+            train(cfg, resume=False, progress=progress)
         losses = [json.loads(line) for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
         train_loss = [m["loss"] for m in losses if "loss" in m]
         val_loss = [m["val_loss"] for m in losses if "val_loss" in m]

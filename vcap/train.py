@@ -68,6 +68,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     if resume and checkpoint is None:
         log.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
     if checkpoint is not None:
+        _check_same_run(checkpoint, cfg)
         state = load_checkpoint(checkpoint, captioner, cfg.train.stage, optimizer, scheduler)
         step = state.pop("step")
         log.info("resumed from %s (step %d, epoch %d, batch %d)", checkpoint, step, state["epoch"], state["batch"])
@@ -312,6 +313,19 @@ def _dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
+def _check_same_run(checkpoint: Path, cfg: RunConfig) -> None:
+    """--resume continues the same run: the model it builds and the data it reads must not change."""
+    saved = config_to_dict(load_config(checkpoint / "config.yaml"))
+    current = config_to_dict(cfg)
+    for section in ("model", "data"):
+        for key in sorted(set(saved[section]) | set(current[section])):
+            if saved[section].get(key) != current[section].get(key):
+                raise ConfigError(
+                    f"--resume: {checkpoint} was trained with a different {section}.{key} "
+                    f"({saved[section].get(key)!r}, now {current[section].get(key)!r}); "
+                    f"use another train.out_dir, or run without --resume to start over")
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
     if not path.exists():
@@ -363,6 +377,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"vcap train: {e}", file=sys.stderr)
         return 2
-    out = train(cfg, resume=args.resume, progress=not args.quiet)
+    try:
+        out = train(cfg, resume=args.resume, progress=not args.quiet)
+    except ConfigError as e:
+        print(f"vcap train: {e}", file=sys.stderr)
+        return 2
     print(f"run folder: {out}")
     return 0

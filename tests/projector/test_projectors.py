@@ -23,6 +23,8 @@ CONFIGS = [
     PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=1),
     PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2),
     PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3),  # needs edge padding
+    PooledMLPProjectorConfig(32, 48, spatial_stride=1, temporal_stride=4, temporal_merge="concat"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3, temporal_merge="concat"),
 ]
 
 
@@ -58,6 +60,22 @@ def test_pooled_mlp_averages_patch_blocks_and_frame_pairs():
     tokens = pooled.permute(0, 2, 3, 1).reshape(1, 8, 32)
     assert projector.num_output_tokens(4, 16) == 8
     assert torch.allclose(projector(feats), projector.mlp(tokens), atol=1e-6)
+
+
+def test_pooled_mlp_concat_keeps_the_frames_in_order():
+    torch.manual_seed(0)
+    feats = torch.randn(1, 4, 16, 32)  # 4 frames of a 4x4 grid
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2,
+                                                         temporal_merge="concat"))
+    grid = feats.reshape(4, 4, 4, 32).permute(0, 3, 1, 2)
+    spatial = F.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(4, 4, 32)  # (T, 4 blocks, Dv)
+    tokens = torch.cat([torch.cat([spatial[t], spatial[t + 1]], dim=-1) for t in (0, 2)])  # (8, 2*Dv)
+    assert projector.num_output_tokens(4, 16) == 8
+    assert torch.allclose(projector(feats), projector.mlp(tokens[None]), atol=1e-6)
+    reversed_in_time = projector(feats.flip(1))
+    assert not torch.allclose(reversed_in_time, projector(feats)[:, [4, 5, 6, 7, 0, 1, 2, 3]], atol=1e-3)
+    mean = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=4))
+    assert torch.allclose(mean(feats.flip(1)), mean(feats), atol=1e-6)  # averaging forgets the order
 
 
 def test_pooled_mlp_refuses_a_non_square_grid():

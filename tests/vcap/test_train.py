@@ -317,6 +317,17 @@ def test_killed_run_resumes_exactly(tmp_path, data, mid_write):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
 
 
+def test_resume_refuses_a_changed_model(tmp_path, data, capsys):
+    from vcap.cli import main
+
+    config = write_yaml(tmp_path / "run.yaml", tiny_run(data, tmp_path / "run", stage="projector", max_steps=2))
+    assert main(["train", str(config), "--quiet"]) == 0
+    assert main(["train", str(config), "model.projector.type=linear", "--resume", "--quiet"]) == 2
+    assert "different model.projector" in capsys.readouterr().err
+    assert main(["train", str(config), "train.max_steps=3", "--resume", "--quiet"]) == 0  # longer: fine
+    assert [m["step"] for m in metrics(tmp_path / "run") if "loss" in m] == [1, 2, 3]
+
+
 # -- export and evaluation -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
