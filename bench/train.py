@@ -1,0 +1,178 @@
+"""LoRA training speed and memory: this project vs transformers' Qwen3ForCausalLM + peft, one run.
+
+Both train the quickstart's LoRA stage on the same batches: the "mini" Qwen3 (4 layers, 128 wide,
+the real 151,936-token vocabulary; the same random weights on both sides, via save/load), LoRA
+r=32 on q,k,v,o,gate,up,down_proj, and the mlp2x_gelu projector, on synthetic clips whose vision
+features are computed once. Each side runs in its own fresh process (so peak memory is its own):
+- vcap: ``VideoCaptioner.forward`` (logits only where there is a target token);
+- transformers: the same projector and splice, then ``Qwen3ForCausalLM(inputs_embeds=..., labels=...)``
+  with peft's ``get_peft_model``.
+Reports samples/s over the timed steps and the peak resident memory during training above the
+process's memory after building the model (VmHWM reset through /proc/self/clear_refs), and the ratios.
+
+    .venv/bin/python bench/train.py [--steps 10] [--batch-size 16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VISION = {"model_name": "ViT-B-32", "feature_layer": -1, "model_overrides": {
+    "vision_cfg": {"width": 128, "layers": 1, "head_width": 32, "patch_size": 16, "image_size": 64},
+    "text_cfg": {"width": 64, "heads": 2, "layers": 1}, "embed_dim": 32}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--side", choices=["vcap", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(measure(args)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="vcap-bench-train-"))
+    prepare(work, args)
+    results = {}
+    for side in ("vcap", "transformers"):
+        out = subprocess.run([sys.executable, __file__, "--side", side, "--work", str(work), "--steps", str(args.steps),
+                              "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, theirs = results["vcap"], results["transformers"]
+    print(f"LoRA stage, mini Qwen3 (4x128, vocab 151,936), batch {args.batch_size}, {args.steps} timed steps, "
+          f"{args.threads} threads\n")
+    print("| | samples/s | peak memory above the built model (MB) | first-step loss |")
+    print("|---|---|---|---|")
+    for name, r in (("vcap", ours), ("transformers + peft", theirs)):
+        print(f"| {name} | {r['samples_per_s']:.1f} | {r['peak_mb']:.0f} | {r['first_loss']:.4f} |")
+    print(f"| vcap / transformers | {ours['samples_per_s'] / theirs['samples_per_s']:.2f}x | "
+          f"{ours['peak_mb'] / max(theirs['peak_mb'], 1e-9):.2f}x | |")
+
+
+def prepare(work: Path, args) -> None:
+    """Synthetic clips, their features, a saved language model both sides load."""
+    import torch
+
+    import vcap  # noqa: F401
+    from qwen3_backbone import save_pretrained
+    from vcap.config import CaptionerConfig, config_from_dict
+    from vcap.data import extract_features, read_manifest
+    from vcap.model import build_captioner
+    from vcap.synthetic import make_dataset
+
+    manifests = make_dataset(work / "data", n_train=args.batch_size * (args.steps + args.warmup) // 2, n_val=1,
+                             n_test=1, size=64, num_frames=16, progress=False)
+    torch.manual_seed(0)
+    captioner = build_captioner(config_from_dict(CaptionerConfig, {"language_model": "preset:mini", "vision": VISION,
+                                                                   "frames": {"num_frames": 4, "size": 64}}))
+    save_pretrained(captioner.lm, work / "lm")
+    samples = read_manifest(manifests["train"])
+    features, _ = extract_features(captioner, [s.video for s in samples], None, progress=False)
+    from safetensors.torch import save_file
+
+    save_file({str(i): features[s.video].contiguous() for i, s in enumerate(samples)}, str(work / "features.safetensors"))
+
+
+def measure(args) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    import vcap  # noqa: F401
+    from vcap.config import CaptionerConfig, config_from_dict
+    from vcap.data import CaptionDataset, collate, read_manifest
+    from vcap.model import build_captioner
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    torch.manual_seed(0)  # the same projector initialisation on both sides
+    captioner = build_captioner(config_from_dict(CaptionerConfig, {
+        "language_model": str(work / "lm"), "vision": VISION, "frames": {"num_frames": 4, "size": 64}}))
+    samples = read_manifest(work / "data" / "train.jsonl")
+    stored = load_file(str(work / "features.safetensors"))
+    features = {s.video: stored[str(i)] for i, s in enumerate(samples)}
+    dataset = CaptionDataset(samples, features, captioner)
+    projector = captioner.projector.train().requires_grad_(True)
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    if args.side == "vcap":
+        captioner.requires_grad_(False)
+        projector.requires_grad_(True)
+        captioner.language_model = get_peft_model(captioner.language_model, lora)
+        model = captioner.train()
+
+        def loss_of(batch):
+            return model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+    else:
+        from transformers import Qwen3ForCausalLM
+
+        hf = get_peft_model(Qwen3ForCausalLM.from_pretrained(work / "lm", dtype=torch.float32), lora).train()
+        embed = hf.get_input_embeddings()
+
+        def loss_of(batch):
+            ids = batch["input_ids"]
+            embeds = embed(ids)
+            videos = [projector(f[None])[0] for f in batch["video_features"]]
+            embeds = embeds.masked_scatter((ids == 151656)[..., None], torch.cat(videos))
+            labels = torch.full_like(ids, -100)
+            labels[:, 1:] = batch["labels"][:, :-1]  # transformers shifts labels itself
+            return hf(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=labels).loss
+
+    params = [p for p in list(projector.parameters()) + list(
+        (captioner.language_model if args.side == "vcap" else hf).parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    batches = [collate([dataset[i] for i in range(s, s + args.batch_size)], captioner.tokenizer.pad_id)
+               for s in range(0, args.batch_size * (args.steps + args.warmup), args.batch_size)
+               if s + args.batch_size <= len(dataset)]
+    first_loss, start = None, None
+    for step, batch in enumerate(batches):
+        if step == args.warmup:
+            start = time.perf_counter()
+        loss = loss_of(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        first_loss = first_loss if first_loss is not None else float(loss)
+    elapsed = time.perf_counter() - start
+    timed = len(batches) - args.warmup
+    return {"samples_per_s": timed * args.batch_size / elapsed, "peak_mb": _peak_mb() - base, "first_loss": first_loss}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+if __name__ == "__main__":
+    main()
