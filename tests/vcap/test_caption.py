@@ -232,3 +232,20 @@ def test_usage_errors(tmp_path, captioner_dir, capsys):
     bad_manifest.write_text('{"caption": "no video key"}\n')
     assert run_caption(captioner_dir, bad_manifest, "--out", tmp_path / "o.jsonl") == 2
     assert "m.jsonl:1" in capsys.readouterr().err
+
+
+def test_several_processes_shard_and_merge_in_input_order(tmp_path, captioner_dir, library):
+    """Two processes (torchrun on CPU; `accelerate launch` sets the same RANK/WORLD_SIZE on GPUs)."""
+    root, good, bad = library
+    single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
+    args = [str(captioner_dir), str(root), "--lang", "en", "--workers", "0", "--quiet"]
+    assert run_caption(*args[:-1], "--out", single) == 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vcap",
+                             "caption", *args, "--out", str(sharded)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]  # the bad files failed, in both processes
+    assert result.stderr.count("done ") == 2  # each process captioned its share
+    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
+    assert [strip(r) for r in read_records(sharded)] == [strip(r) for r in read_records(single)]
+    assert not list(tmp_path.glob("sharded.jsonl.part-*"))
