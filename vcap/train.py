@@ -190,9 +190,16 @@ def build_optimizer(cfg: RunConfig, captioner, num_samples: int, world: int):
 # -- fit ------------------------------------------------------------------------------------------------
 
 def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """The batches of one epoch: a permutation fixed by (seed, epoch), then this process's share."""
+    """The batches of one epoch: a permutation fixed by (seed, epoch), then this process's share.
+
+    With several processes every one gets the same number of batches (the list is padded with
+    batches from its start, as torch's DistributedSampler pads), since each optimizer step is a
+    collective all of them must join."""
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+    if world > 1:
+        per_process = math.ceil(len(batches) / world)
+        batches += batches[: per_process * world - len(batches)]
     return batches[rank::world]
 
 

@@ -403,3 +403,55 @@ def test_vcap_eval_reports_metrics_and_attribute_accuracy(tmp_path, lora_run, da
         assert {"BLEU-4", "ROUGE-L", "CIDEr-D"} <= report[lang].keys()
     printed = capsys.readouterr().out
     assert "| ko |" in printed and "CIDEr-D" in printed
+
+
+def test_two_processes_share_each_epoch(tmp_path, data):
+    """Data parallel training in two CPU processes (torchrun; `accelerate launch` on GPUs)."""
+    config = write_yaml(tmp_path / "run.yaml", tiny_run(data, tmp_path / "run", cache=tmp_path / "cache",
+                                                        stage="lora", epochs=1, lora={"r": 4, "alpha": 8}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vcap",
+                             "train", str(config), "--quiet"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [m["step"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert steps == [1, 2]  # 12 samples, batches of 4: 3 batches, split over 2 processes -> 2 steps each
+    assert (tmp_path / "run" / "step-00000002" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_epoch_batches_cover_the_data_and_split_evenly():
+    from vcap.train import epoch_batches
+
+    single = epoch_batches(10, 4, seed=0, epoch=0)
+    assert sorted(i for b in single for i in b) == list(range(10)) and [len(b) for b in single] == [4, 4, 2]
+    assert epoch_batches(10, 4, seed=0, epoch=1) != single  # a new order each epoch
+    shares = [epoch_batches(10, 4, seed=0, epoch=0, rank=r, world=2) for r in range(2)]
+    assert [len(s) for s in shares] == [2, 2]  # padded: every process joins every step
+    assert {i for s in shares for b in s for i in b} == set(range(10))
+
+
+def test_gradient_checkpointing_and_bf16_mixed_precision_train(tmp_path, data):
+    """Checkpointed layers give the same loss and gradients; bf16 autocast (accelerate) runs on CPU."""
+    from vcap.data import CaptionDataset, collate
+    from vcap.train import build_for_training, seed_everything, train
+
+    def loss_and_grads(checkpointing: bool):
+        cfg = run_cfg(data, tmp_path / "unused", stage="full", gradient_checkpointing=checkpointing)
+        seed_everything(0)
+        captioner = build_for_training(cfg)
+        samples = read_manifest(data["train"])[:4]
+        features, _ = extract_features(captioner, [s.video for s in samples], None, progress=False)
+        batch = collate([CaptionDataset(samples, features, captioner)[i] for i in range(4)], captioner.tokenizer.pad_id)
+        loss = captioner(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in captioner.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = loss_and_grads(False)
+    checkpointed, checkpointed_grads = loss_and_grads(True)
+    assert torch.allclose(plain, checkpointed, atol=1e-6)
+    assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 10
+    assert all(torch.allclose(plain_grads[k], checkpointed_grads[k], atol=1e-5) for k in plain_grads)
+
+    run = train(run_cfg(data, tmp_path / "bf16", stage="lora", precision="bf16", max_steps=2,
+                        lora={"r": 4, "alpha": 8, "dropout": 0.0}), progress=False)
+    assert [m["step"] for m in metrics(run) if "loss" in m] == [1, 2]
