@@ -166,3 +166,11 @@ def test_in_a_real_browser(server, clip, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("VCAP_SCREENSHOT"):  # how docs/demo.png is made
         shutil.copy(shot, os.environ["VCAP_SCREENSHOT"])
+
+
+def test_without_a_captioner_it_says_to_run_the_quickstart(tmp_path, monkeypatch, capsys):
+    from vcap.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart/captioner here
+    assert main(["demo"]) == 2
+    assert "make quickstart" in capsys.readouterr().err
