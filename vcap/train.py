@@ -51,7 +51,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
     _setup_logging(out, accelerator.is_main_process)
     seed_everything(cfg.train.seed)
-    config_yaml = _dump_yaml(cfg)
+    config_yaml = dump_config(cfg)
     if accelerator.is_main_process:
         (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
 
@@ -314,7 +314,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _dump_yaml(cfg: RunConfig) -> str:
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as the YAML saved with a run."""
     import yaml
 
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
