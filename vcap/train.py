@@ -48,6 +48,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
 
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one precision per process; several train() calls in one process (the
+    # quickstart's stages, a notebook) may each ask for another, so start this run's afresh
+    # (the distributed set-up, PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
     _setup_logging(out, accelerator.is_main_process)
     seed_everything(cfg.train.seed)
