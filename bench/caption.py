@@ -70,7 +70,7 @@ def main() -> None:
             captioner.caption_frames([clip], [str(video)], lang="en")
 
     def pipelined(run: int, pool=None) -> None:
-        caption_videos(captioner, folder, [str(v) for v in videos], work / f"out_{run}.jsonl", Settings(lang="en"),
+        caption_videos(captioner, folder, videos, work / f"out_{run}.jsonl", Settings(lang="en"),
                        batch_size=args.batch_size, workers=args.workers, progress=False, pool=pool)
 
     serial()  # warm-up (tokenizer, kernels, file cache)

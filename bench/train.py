@@ -138,7 +138,7 @@ def measure(args) -> dict:
     params = [p for p in list(projector.parameters()) + list(
         (captioner.language_model if args.side == "vcap" else hf).parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
-    base = _rss_mb()
+    base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
         f.write("5")
     batches = [collate([dataset[i] for i in range(s, s + args.batch_size)], captioner.tokenizer.pad_id)
@@ -155,23 +155,16 @@ def measure(args) -> dict:
         first_loss = first_loss if first_loss is not None else float(loss)
     elapsed = time.perf_counter() - start
     timed = len(batches) - args.warmup
-    return {"samples_per_s": timed * args.batch_size / elapsed, "peak_mb": _peak_mb() - base, "first_loss": first_loss}
+    return {"samples_per_s": timed * args.batch_size / elapsed, "peak_mb": _status_mb("VmHWM") - base, "first_loss": first_loss}
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 if __name__ == "__main__":

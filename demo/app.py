@@ -109,7 +109,7 @@ def check_upload(path: str | None, max_upload_mb: float, max_duration_s: float) 
         raise DemoError(f"{Path(path).name}: {info.duration:.0f} s is longer than the {max_duration_s:.0f} s limit.")
 
 
-def prompt_for(captioner, preset: str, custom: str, lang: str) -> str | None:
+def prompt_for(preset: str, custom: str, lang: str) -> str | None:
     if preset == "custom":
         if not custom or not custom.strip():
             raise DemoError("Write a custom prompt, or choose another preset. / 프롬프트를 입력해 주세요.")
@@ -135,7 +135,7 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
     def caption(video, lang, preset, custom, thinking, budget, decoding, temperature, top_p, max_tokens):
         try:
             check_upload(video, max_upload_mb, max_duration_s)
-            prompt = prompt_for(captioner, preset, custom, lang)
+            prompt = prompt_for(preset, custom, lang)
             clip = captioner.read(video)
         except DemoError as e:
             raise gr.Error(str(e)) from None
@@ -158,21 +158,19 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
     def segments(video, lang, preset, custom, window, max_tokens):
         try:
             check_upload(video, max_upload_mb, max_duration_s)
-            prompt = prompt_for(captioner, preset, custom, lang)
-            from vcap.video import probe
+            prompt = prompt_for(preset, custom, lang)
+            from vcap.video import probe, segment_windows
 
-            duration = probe(video).duration
+            windows = segment_windows(probe(video).duration, float(window))
             cfg = captioner.config.frames
-            starts = [i * float(window) for i in range(max(1, int(-(-duration // float(window)))))]
-            clips = [read_segment(video, s, min(s + float(window), duration), num_frames=cfg.num_frames,
-                                  size=cfg.size, backend=cfg.backend) for s in starts]
+            clips = [read_segment(video, t0, t1, num_frames=cfg.num_frames, size=cfg.size, backend=cfg.backend)
+                     for t0, t1 in windows]
         except DemoError as e:
             raise gr.Error(str(e)) from None
         except VideoReadError as e:
             raise gr.Error(f"{Path(video).name} cannot be read as a video: {e.reason}") from None
         results = captioner.caption_frames(clips, None, prompt, lang, max_new_tokens=int(max_tokens))
-        rows = [{"start": s, "end": min(s + float(window), duration), "caption": r.caption}
-                for s, r in zip(starts, results)]
+        rows = [{"start": t0, "end": t1, "caption": r.caption} for (t0, t1), r in zip(windows, results)]
         from vcap.caption import to_srt
 
         srt_path = Path(tempfile.mkdtemp(prefix="vcap-demo-")) / f"{Path(video).stem}.srt"

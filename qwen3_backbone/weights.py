@@ -8,10 +8,12 @@ every parameter filled, with matching shapes; errors name the key. Pickle files 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -135,6 +137,24 @@ def load_pretrained(
     return model.eval()
 
 
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out`` (one rename), on
+    any error or interruption it is deleted. A kill leaves ``out`` as it was, at worst with a
+    hidden ``prefix*`` folder beside it (default prefix: ``.<name>.tmp-``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_pretrained(
     model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3
 ) -> Path:
@@ -154,9 +174,7 @@ def save_pretrained(
     hf_config = config.to_hf()
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
@@ -179,10 +197,4 @@ def save_pretrained(
             total = sum(t.numel() * t.element_size() for t in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

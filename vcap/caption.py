@@ -36,13 +36,14 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .config import write_jsonl, write_text
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -179,9 +180,8 @@ class Journal:
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        size = len(self.path.read_bytes())
         records, whole = read_records(self.path, with_length=True)
-        if whole != size:
+        if whole != self.path.stat().st_size:
             with open(self.path, "r+b") as f:  # drop the torn tail
                 f.truncate(whole)
         return records
@@ -194,7 +194,7 @@ class Journal:
     def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
         """Replace the whole file atomically (used to drop retried failures and to order the output)."""
         self._file.close()
-        _atomic_write(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_jsonl(self.path, records)
         self.records = list(records)
         self._file = open(self.path, "a", encoding="utf-8")
 
@@ -213,15 +213,6 @@ def read_records(path: Path, with_length: bool = False):
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number}: not a JSON line; is this a vcap caption output?") from None
     return (records, len(whole)) if with_length else records
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -- subtitles --------------------------------------------------------------------------------------------
@@ -281,18 +272,16 @@ def read_video(index: int, path: str, frames_cfg: dict[str, Any], segments: floa
     """Runs in a worker: sample (and resize) the frames of one video, or of each of its windows."""
     import numpy as np
 
-    from .video import Frames, VideoReadError, probe, read_frames, sample_indices
+    from .video import Frames, VideoReadError, probe, read_frames, sample_indices, segment_windows
 
     t0 = time.perf_counter()
     result = ReadResult(index)
     try:
         if segments:
             info = probe(path)
-            starts = np.arange(0.0, max(info.duration, 1e-6), segments)
-            for start in starts:
-                end = min(float(start) + segments, info.duration)
-                clip = read_frames(path, start=float(start), end=end, **frames_cfg)
-                result.units.append(Unit(clip, window=(float(start), end)))
+            for start, end in segment_windows(info.duration, segments):
+                clip = read_frames(path, start=start, end=end, **frames_cfg)
+                result.units.append(Unit(clip, window=(start, end)))
             result.duration = info.duration
         else:
             features = None
@@ -343,21 +332,20 @@ class Summary:
 def caption_videos(
     captioner,
     captioner_dir: str | os.PathLike,
-    inputs: Sequence[str],
+    videos: Sequence[Path],
     out: str | os.PathLike,
     settings: Settings | None = None,
     batch_size: int = 4,
     workers: int = 2,
     retry_failed: bool = False,
     out_format: str = "jsonl",
-    extensions: Sequence[str] = VIDEO_EXTENSIONS,
     feature_cache: str | None = None,
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
     pool: futures.ProcessPoolExecutor | None = None,
 ) -> Summary:
-    """Caption every video of ``inputs`` into ``out`` (resuming); see the module docstring.
+    """Caption ``videos`` (from :func:`collect_videos`) into ``out`` (resuming); see the module docstring.
 
     ``pool``: reading workers from :func:`start_workers`, started early so that they import while
     the model loads (the command does this); otherwise ``workers`` processes are started here."""
@@ -368,7 +356,7 @@ def caption_videos(
     journal_path = out.with_name(out.name + ".journal.jsonl") if out_format == "csv" else out
     if world > 1:
         journal_path = out.with_name(f"{out.name}.part-{rank}.jsonl")
-    videos = collect_videos(inputs, extensions)
+    videos = [Path(v) for v in videos]
     order = {os.path.abspath(v): i for i, v in enumerate(videos)}
     mine = videos[rank::world]
     mid = model_id(captioner_dir)
@@ -564,8 +552,8 @@ def _caption_batch(captioner, batch: list[ReadResult], todo: list[Path], setting
                          **({"thinking": r.thinking} if settings.thinking else {})} for u, r in pairs]
             srt_path, vtt_path = subtitle_paths(out, video)
             srt_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(srt_path, to_srt(segments))
-            _atomic_write(vtt_path, to_vtt(segments))
+            write_text(srt_path, to_srt(segments))
+            write_text(vtt_path, to_vtt(segments))
             record.update(caption=" ".join(s["caption"] for s in segments), segments=segments,
                           frames=sum(r.num_frames for _, r in pairs), srt=str(srt_path), vtt=str(vtt_path))
         else:
@@ -591,7 +579,7 @@ def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     writer.writeheader()
     for record in records:
         writer.writerow({k: record.get(k, "") for k in CSV_COLUMNS})
-    _atomic_write(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def _merge_parts(out: Path, world: int, rank: int, position, out_format: str) -> None:
@@ -610,7 +598,7 @@ def _merge_parts(out: Path, world: int, rank: int, position, out_format: str) ->
         if out_format == "csv":
             write_csv(out, records)
         else:
-            _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            write_jsonl(out, records)
         for part in parts:
             part.unlink(missing_ok=True)
     state.wait_for_everyone()
@@ -690,9 +678,9 @@ def run(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
         summary = caption_videos(
-            captioner, args.captioner, args.inputs, args.out, settings, batch_size=args.batch_size,
+            captioner, args.captioner, videos, args.out, settings, batch_size=args.batch_size,
             workers=args.workers, retry_failed=args.retry_failed, out_format=args.out_format,
-            extensions=args.ext or VIDEO_EXTENSIONS, feature_cache=args.feature_cache, progress=not args.quiet,
+            feature_cache=args.feature_cache, progress=not args.quiet,
             rank=rank, world=world, pool=pool)
     finally:
         if pool is not None:

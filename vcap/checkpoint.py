@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +61,10 @@ def save_checkpoint(
 ) -> Path:
     from projector import save_projector
     from qwen3_backbone import save_pretrained
+    from qwen3_backbone.weights import atomic_folder
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=run_dir))
-    try:
+    with atomic_folder(final, prefix=f".tmp-step-{step:08d}-") as tmp:
         save_projector(captioner.projector, tmp / "projector")
         if stage == "lora":
             captioner.language_model.save_pretrained(str(tmp / "adapter"))
@@ -75,12 +73,6 @@ def save_checkpoint(
         _save_optimizer(optimizer, tmp)
         _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in run_dir.glob(".tmp-step-*"):  # left by a kill during an earlier save

@@ -214,18 +214,33 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (temporary file + rename)."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file whole or not at all: a temporary file beside it, synced, then renamed."""
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (see write_text)."""
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Any) -> Path:
+    """Write JSON lines atomically, one object per line (see write_text)."""
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 # -- training runs -----------------------------------------------------------------------------------

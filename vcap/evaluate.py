@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -143,7 +142,9 @@ def evaluate(
                 entry["attribute_accuracy_unseen"] = sum(r["attributes_correct"] for r in unseen) / len(unseen)
         report[lang] = entry
     if out_jsonl is not None:
-        _write_jsonl(Path(out_jsonl), rows)
+        from .config import write_jsonl
+
+        write_jsonl(out_jsonl, rows)
     return report
 
 
@@ -161,13 +162,6 @@ def format_report(report: dict[str, Any]) -> str:
                 cells.append("" if v is None else (str(v) if c == "n" else f"{v:.3f}"))
             lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- the `vcap eval` command ---------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     import torch
+
+    from qwen3_backbone.weights import atomic_folder
 
     from .checkpoint import latest_checkpoint, load_trainable_weights
     from .config import load_config
@@ -41,19 +41,9 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     else:
         load_trainable_weights(checkpoint, captioner, stage)
     captioner.config.adapter = None
-    # written beside the target and renamed into place: a kill never leaves a half-written folder
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:  # a kill never leaves a half-written captioner folder
         save_captioner(captioner.eval(), tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -232,13 +232,8 @@ class VideoCaptioner(nn.Module):
         t0 = time.perf_counter()
         ids, mask, embeds, instruction = self.prepare(clips, prompt, lang, thinking, features)
         t1 = time.perf_counter()
-        out = generate(
-            self.lm, ids, mask, inputs_embeds=embeds,
-            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-            sampling=_sampling(sampling), seed=seed, stop_token_ids=(self.tokenizer.eos_id, self.tokenizer.pad_id),
-            pad_token_id=self.tokenizer.pad_id, thinking_budget=self._budget(thinking, thinking_budget_tokens),
-            **sampling_overrides,
-        )
+        out = self._generate(ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed,
+                             stream=False, **sampling_overrides)
         t2 = time.perf_counter()
         results = []
         for i, clip in enumerate(clips):
@@ -269,13 +264,8 @@ class VideoCaptioner(nn.Module):
         """Caption one video, yielding the text as it is generated (thinking first, if on)."""
         clip = self.read(video)
         ids, mask, embeds, _ = self.prepare([clip], prompt, lang, thinking)
-        steps = generate(
-            self.lm, ids, mask, inputs_embeds=embeds,
-            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-            sampling=_sampling(sampling), seed=seed, stop_token_ids=(self.tokenizer.eos_id, self.tokenizer.pad_id),
-            pad_token_id=self.tokenizer.pad_id, thinking_budget=self._budget(thinking, thinking_budget_tokens),
-            stream=True, **sampling_overrides,
-        )
+        steps = self._generate(ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed,
+                               stream=True, **sampling_overrides)
         decoder = self.tokenizer.stream_decoder()
         kind = "thinking" if thinking else "caption"
         pending_strip = True  # drop the blank lines around the think block, as split_thinking does
@@ -303,8 +293,18 @@ class VideoCaptioner(nn.Module):
         if tail.strip():
             yield CaptionEvent(kind, tail.rstrip())
 
-    def _budget(self, thinking: bool, tokens: int | None):
-        return thinking_budget(self.tokenizer, tokens) if thinking and tokens is not None else None
+    def _generate(self, ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed, stream,
+                  **sampling_overrides):
+        """The one call into qwen3_backbone.generate that every captioning path makes."""
+        budget = None
+        if thinking and thinking_budget_tokens is not None:
+            budget = thinking_budget(self.tokenizer, thinking_budget_tokens)
+        return generate(
+            self.lm, ids, mask, inputs_embeds=embeds,
+            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            sampling=_sampling(sampling), seed=seed, stop_token_ids=(self.tokenizer.eos_id, self.tokenizer.pad_id),
+            pad_token_id=self.tokenizer.pad_id, thinking_budget=budget, stream=stream, **sampling_overrides,
+        )
 
     # -- training ---------------------------------------------------------------------------------
     def forward(

@@ -54,8 +54,6 @@ def stage_config(path: Path, out: Path):
 def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None, target: float = 0.9,
                progress: bool = True) -> tuple[dict[str, Any], bool]:
     """Run every step; returns (evaluation report, whether the accuracy target is met)."""
-    import torch
-
     from .evaluate import evaluate, format_report
     from .export import export
     from .model import load_captioner
@@ -67,7 +65,6 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     missing = [name for name in STAGES if not (folder / name).exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (pass --configs DIR)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
 
     def say(message: str) -> None:

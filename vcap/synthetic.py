@@ -15,7 +15,6 @@ split can hold combinations the model never saw. Everything is deterministic for
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -236,6 +235,8 @@ def make_dataset(
     """
     from tqdm import tqdm
 
+    from .config import write_jsonl
+
     out = Path(out_dir)
     rng = random.Random(seed)
     seen_combos, unseen_combos = split_combinations(seed)
@@ -264,9 +265,7 @@ def make_dataset(
                               "unseen_combination": attrs in unseen})
             bar.update(1)
         manifest = out / f"{split}.jsonl"
-        tmp = manifest.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, manifest)
+        write_jsonl(manifest, lines)
         manifests[split] = manifest
     bar.close()
     return manifests

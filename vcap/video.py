@@ -133,6 +133,14 @@ def read_segment(path: str | os.PathLike, t0: float, t1: float, **kwargs) -> Fra
     return read_frames(path, start=t0, end=t1, **kwargs)
 
 
+def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]]:
+    """[t0, t1) windows of ``seconds`` covering a video of ``duration`` (the last one shorter)."""
+    if seconds <= 0:
+        raise ValueError(f"window length must be > 0 seconds, got {seconds}")
+    count = max(1, math.ceil(duration / seconds - 1e-9))
+    return [(i * seconds, min((i + 1) * seconds, duration)) for i in range(count)]
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count, fps and size from the container header (PyAV), without decoding frames."""
     path = Path(path)

@@ -67,6 +67,9 @@ def test_collect_videos_order_dedup_and_loops(library):
     names = [p.relative_to(root).as_posix() for p in found]
     assert names[0] == "a.mp4" and "notes.txt" not in names
     assert sorted(names) == names or names == sorted(names, key=lambda n: n.split("/"))  # stable, sorted walk
+    expected = (["a.mp4"] + sorted(f"bad/{p.name}" for p in bad.values())
+                + ["sub dir/b clip.mp4", "sub dir/깊은/영상 하나.mp4", "z/c.MP4", "z/carphone.mp4"])
+    assert names == expected  # each folder's files in name order, then its subfolders; loop and duplicate skipped
     assert len(found) == len({os.path.realpath(p) for p in found})  # the duplicate symlink counted once
     assert {os.path.realpath(p) for p in good} <= {os.path.realpath(p) for p in found}
     assert collect_videos([str(root / "a.mp4"), str(root), f"{root}/**/*.mp4"]) [0] == root / "a.mp4"
