@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +75,12 @@ def main() -> None:
                        batch_size=args.batch_size, workers=args.workers, progress=False, pool=pool)
 
     serial()  # warm-up (tokenizer, kernels, file cache)
-    serial_best = min(_time(serial) for _ in range(args.repeat))
+    serial_best = min(timeit.repeat(serial, number=1, repeat=args.repeat))
     pipelined(-1)
-    pipe_best = min(_time(lambda r=r: pipelined(r)) for r in range(args.repeat))
+    pipe_best = min(timeit.timeit(lambda r=r: pipelined(r), number=1) for r in range(args.repeat))
     pool = start_workers(args.workers)  # as `vcap caption` does: started while the model loads
     time.sleep(3)
-    warm_best = min(_time(lambda r=r: pipelined(100 + r, pool)) for r in range(args.repeat))
+    warm_best = min(timeit.timeit(lambda r=r: pipelined(100 + r, pool), number=1) for r in range(args.repeat))
     pool.shutdown()
     n = len(videos)
     print(f"{n} videos ({args.copies} copies each of 1280x720, 640x272 and 176x144 H.264), 8 frames each, "
@@ -92,12 +93,6 @@ def main() -> None:
     print(f"| the same, workers started during model loading (as the command does) | "
           f"{n / warm_best:.2f} | {serial_best / warm_best:.2f}x |")
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

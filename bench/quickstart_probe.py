@@ -25,8 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ATTRIBUTES = ("shape", "count", "direction", "size", "colour", "background")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,12 +44,12 @@ def main() -> None:
                                                               **SYNTHETIC)["train"].parent
         cfg = stage_config(configs_dir() / "quickstart-2-lora.yaml", Path(tmp) / "run").model
         train, test = load_split(data / "train.jsonl", cfg), load_split(data / "test.jsonl", cfg)
-    feats_tr, frames_tr, labels_tr = train
+    feats_tr, frames_tr, labels_tr, _ = train
     feats_te, frames_te, labels_te, unseen = test
     print(f"features: train {tuple(feats_tr.shape)}, test {tuple(feats_te.shape)} (clips, frames, tokens, width)")
     print("\n| attribute | chance | probe on the vision features: test | seen | unseen | CNN on pixels: test |")
     print("|---|---|---|---|---|---|")
-    for name in ATTRIBUTES:
+    for name in labels_tr:
         values = sorted(set(labels_tr[name]) | set(labels_te[name]))
         y_tr = torch.tensor([values.index(v) for v in labels_tr[name]])
         y_te = torch.tensor([values.index(v) for v in labels_te[name]])
@@ -62,28 +60,30 @@ def main() -> None:
 
 
 def load_split(manifest: Path, model_cfg):
-    """Vision features (clips, T, P, Dv), the frames (clips, T, 3, S, S) and the attribute labels."""
+    """Vision features (clips, T, P, Dv), the frames (clips, T, 3, S, S), the attribute labels and which
+    clips show a combination training never shows; the frames are sampled as the captioner samples them."""
+    import dataclasses
+
     import numpy as np
     import torch
 
     from vcap.data import read_manifest
+    from vcap.synthetic import ClipAttributes
     from vcap.video import read_frames
     from vcap.vision import VisionEncoder
 
     samples = [s for s in read_manifest(manifest) if s.lang == "en"]
     encoder = VisionEncoder(model_cfg.vision)
     started = time.perf_counter()
-    frames = np.stack([read_frames(s.video, num_frames=model_cfg.frames.num_frames, size=model_cfg.frames.size).frames
-                       for s in samples])  # (clips, T, S, S, 3)
+    sampling = dataclasses.asdict(model_cfg.frames)
+    frames = np.stack([read_frames(s.video, **sampling).frames for s in samples])  # (clips, T, S, S, 3)
     with torch.no_grad():
         feats = encoder.encode_frames(torch.from_numpy(frames))  # (clips, T, P, Dv)
     print(f"{manifest.name}: {len(samples)} clips read and encoded in {time.perf_counter() - started:.1f} s")
-    labels = {name: [str(s.extra["attributes"][name]) for s in samples] for name in ATTRIBUTES}
+    labels = {f.name: [str(s.extra["attributes"][f.name]) for s in samples] for f in dataclasses.fields(ClipAttributes)}
     pixels = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255 - 0.5  # (clips, T, 3, S, S)
-    if manifest.stem == "test":
-        unseen = torch.tensor([bool(s.extra.get("unseen_combination")) for s in samples])
-        return feats, pixels, labels, unseen
-    return feats, pixels, labels
+    unseen = torch.tensor([bool(s.extra.get("unseen_combination")) for s in samples])
+    return feats, pixels, labels, unseen
 
 
 def probe_features(x_tr, y_tr, x_te, y_te, classes: int, epochs: int):

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import unicodedata
 from pathlib import Path
 
@@ -106,13 +107,8 @@ def main() -> None:
 
 
 def best_time(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    fn()  # warm-up
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 if __name__ == "__main__":

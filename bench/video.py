@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +54,8 @@ def main() -> None:
             rates = {}
             for backend in ("decord", "pyav"):
                 read_frames(path, num_frames=8, size=size, backend=backend)  # warm-up
-                best = min(_time(lambda: read_frames(path, num_frames=8, size=size, backend=backend))
-                           for _ in range(args.repeat))
+                best = min(timeit.repeat(lambda: read_frames(path, num_frames=8, size=size, backend=backend),
+                                         number=1, repeat=args.repeat))
                 rates[backend] = 8 / best
             label = "224 short side" if size else "native"
             print(f"| {name} | {label} | {rates['decord']:.0f} | {rates['pyav']:.0f} | "
@@ -71,16 +71,11 @@ def main() -> None:
             encoder.to(dtype)
             with torch.inference_mode():
                 encoder(encoder.preprocess(frames[:batch]))
-                best = min(_time(lambda: encoder(encoder.preprocess(frames[:batch]))) for _ in range(args.repeat))
+                best = min(timeit.repeat(lambda: encoder(encoder.preprocess(frames[:batch])), number=1,
+                                         repeat=args.repeat))
             rates[dtype] = batch / best
         print(f"| preprocess + forward | {batch} | {rates[torch.float32]:.1f} | {rates[torch.bfloat16]:.1f} | "
               f"{rates[torch.bfloat16] / rates[torch.float32]:.2f}x |")
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

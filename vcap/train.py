@@ -21,6 +21,7 @@ with ``train.tensorboard``, TensorBoard events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -236,14 +237,10 @@ def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val
             batch["video_features"] = [f if f is None else f.to(accelerator.device) for f in batch["video_features"]]
             micro += 1
             last_micro = micro % t.grad_accum == 0 or b == len(batches) - 1
-            with accelerator.autocast():
-                if last_micro:
-                    loss = model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-                    accelerator.backward(loss / t.grad_accum)
-                else:
-                    with accelerator.no_sync(model):
-                        loss = model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-                        accelerator.backward(loss / t.grad_accum)
+            # gradients are synchronised across processes on the last micro-batch of a step only
+            with accelerator.autocast(), (contextlib.nullcontext() if last_micro else accelerator.no_sync(model)):
+                loss = model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+                accelerator.backward(loss / t.grad_accum)
             window_loss += float(loss.detach()) * len(batches[b])
             window_samples += len(batches[b])
             if not last_micro:
