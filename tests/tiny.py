@@ -18,6 +18,17 @@ TINY_VISION = dict(
     },
 )
 
+TINY_RESNET = dict(  # open_clip's ModifiedResNet, as small as it goes: 64 px in, a 2x2 grid out
+    model_name="RN50",
+    pretrained=None,
+    feature_layer=-1,
+    model_overrides={
+        "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "image_size": 64},
+        "text_cfg": {"width": 64, "heads": 2, "layers": 1},
+        "embed_dim": 32,
+    },
+)
+
 
 def tiny_config(**overrides) -> CaptionerConfig:
     fields = dict(

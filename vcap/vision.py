@@ -6,9 +6,11 @@
   None for random weights (tests and the offline quickstart), drawn from ``seed`` so that the
   same config always builds the same encoder. Only safetensors are read. Offline and uncached, a
   tag fails at once with a message saying how to pass a local file.
-- ``feature_layer`` picks the transformer block whose output is used (-1 last, -2 second to
-  last as LLaVA does); blocks after it are pruned so they never run.
-- ``use_cls_token`` keeps the class token in front of the patch tokens.
+- ``feature_layer`` picks the block whose output is used (-1 last, -2 second to last as LLaVA
+  does); blocks after it are pruned so they never run. A ViT's blocks are its transformer
+  blocks; a ModifiedResNet's (open_clip's ``RN50`` family) are its stem and its four stages,
+  whose (C, H, W) feature map becomes H*W tokens of width C.
+- ``use_cls_token`` keeps a ViT's class token in front of the patch tokens.
 - Frozen by default (eval mode, no gradients).
 
 ``preprocess`` applies the preprocessing open_clip returns with the model (resize of the shorter
@@ -94,6 +96,7 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: VisionConfig, freeze: bool = True) -> None:
         super().__init__()
         import open_clip
+        from open_clip.modified_resnet import ModifiedResNet
 
         self.config = config
         quick_gelu = False
@@ -119,25 +122,35 @@ class VisionEncoder(nn.Module):
         self.preprocess_cfg: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
         del model  # the text tower is not needed
 
-        depth = len(self.visual.transformer.resblocks)
+        self.is_resnet = isinstance(self.visual, ModifiedResNet)
+        if self.is_resnet and config.use_cls_token:
+            raise ValueError(f"vision.use_cls_token: {config.model_name} is a ResNet, it has no class token")
+        depth = len(RESNET_BLOCKS) if self.is_resnet else len(self.visual.transformer.resblocks)
         index = config.feature_layer if config.feature_layer > 0 else depth + config.feature_layer
         if not 0 <= index < depth:
             raise ValueError(f"vision.feature_layer={config.feature_layer} is outside a {depth}-block model")
         self.block_index = index
-        self.visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        if self.is_resnet:
+            _prune_resnet(self.visual, index)
+        else:
+            self.visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
         if freeze:
             self.requires_grad_(False)
             self.eval()
 
         size = self.preprocess_cfg.get("size", 224)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        patch = self.visual.patch_size
+        # pixels per token: a ViT's patch; a ResNet's stride (4 after the stem and stage 1, then x2 per stage)
+        patch = (4 * 2 ** max(index - 1, 0),) * 2 if self.is_resnet else self.visual.patch_size
         self.grid = (self.image_size[0] // patch[0], self.image_size[1] // patch[1])
         self.register_buffer("mean", torch.tensor(self.preprocess_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.preprocess_cfg["std"]).view(1, 3, 1, 1), persistent=False)
 
     @property
     def hidden_size(self) -> int:
+        if self.is_resnet:  # channels of the chosen block's output
+            block = getattr(self.visual, RESNET_BLOCKS[self.block_index])
+            return int((block[-1] if isinstance(block, nn.Sequential) else self.visual).bn3.num_features)
         return int(self.visual.transformer.width)
 
     @property
@@ -192,6 +205,10 @@ class VisionEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (N, 3, S, S) -> patch tokens (N, P, Dv), from block ``feature_layer``."""
         dtype = next(self.visual.parameters()).dtype
+        if self.is_resnet:
+            out = self.visual.forward_intermediates(pixels.to(dtype), indices=[self.block_index], stop_early=True,
+                                                    intermediates_only=True, output_fmt="NCHW")
+            return out["image_intermediates"][0].flatten(2).transpose(1, 2)  # (N, Dv, h, w) -> (N, P=h*w, Dv)
         out = self.visual.forward_intermediates(
             pixels.to(dtype), indices=[self.block_index], stop_early=True, intermediates_only=True,
             output_fmt="NLC", output_extra_tokens=self.config.use_cls_token,
@@ -207,6 +224,16 @@ class VisionEncoder(nn.Module):
         B, T = frames.shape[:2]
         tokens = self(self.preprocess(frames.reshape(B * T, *frames.shape[2:])))  # (B*T, P, Dv)
         return tokens.reshape(B, T, *tokens.shape[1:])
+
+
+RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")  # a ModifiedResNet's blocks, in order
+
+
+def _prune_resnet(visual: nn.Module, index: int) -> None:
+    """Drop a ModifiedResNet's stages after block ``index`` and its attention pool (never run)."""
+    for name in RESNET_BLOCKS[index + 1:]:
+        setattr(visual, name, nn.Identity())
+    visual.attnpool = nn.Identity()
 
 
 class _DropMessage(logging.Filter):

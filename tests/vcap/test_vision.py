@@ -143,3 +143,53 @@ def test_random_weights_are_a_function_of_the_config():
     torch.manual_seed(123)
     VisionEncoder(VisionConfig(**TINY_VISION))
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+
+
+# -- ModifiedResNet towers (open_clip's RN50 family) --------------------------------------------------
+
+def test_resnet_tokens_equal_open_clip_feature_maps_of_the_unpruned_model():
+    import open_clip
+
+    from ..tiny import TINY_RESNET
+
+    overrides = TINY_RESNET["model_overrides"]
+    reference = open_clip.create_model("RN50", pretrained=None, **{
+        k: {**open_clip.get_model_config("RN50")[k], **v} if isinstance(v, dict) else v for k, v in overrides.items()
+    }).visual.eval()
+    pixels = torch.randn(3, 3, 64, 64)
+    for layer, (grid, width) in {-1: (2, 512), -2: (4, 256), -5: (16, 16)}.items():
+        encoder = VisionEncoder(VisionConfig(**{**TINY_RESNET, "feature_layer": layer}))
+        reference.load_state_dict(encoder.visual.state_dict(), strict=False)  # pruned stages stay as they are
+        with torch.no_grad():
+            maps = reference.forward_intermediates(pixels, indices=[5 + layer], intermediates_only=True)
+            expected = maps["image_intermediates"][0]  # (N, C, h, w)
+            ours = encoder(pixels)
+        assert expected.shape == (3, width, grid, grid)
+        assert (encoder.hidden_size, encoder.num_patches, encoder.grid) == (width, grid * grid, (grid, grid))
+        assert ours.shape == (3, grid * grid, width)
+        assert torch.allclose(ours, expected.flatten(2).transpose(1, 2), atol=1e-5)  # row-major grid order
+    assert not any(k.startswith(("attnpool.", "layer4.")) for k in encoder.weights())  # only what runs is kept
+
+
+def test_resnet_tower_round_trip_and_frozen_batch_norm(tmp_path):
+    from safetensors.torch import save_file
+
+    from ..tiny import TINY_RESNET
+
+    trained = VisionEncoder(VisionConfig(**TINY_RESNET), freeze=False).train()
+    assert trained.visual.bn1.training
+    trained(torch.randn(4, 3, 64, 64))  # a training-mode forward moves the batch-norm statistics
+    save_file(trained.weights(), str(tmp_path / "vision.safetensors"))
+    frozen = VisionEncoder(VisionConfig(**TINY_RESNET))
+    frozen.load_weights(tmp_path / "vision.safetensors")
+    assert torch.equal(frozen.visual.bn1.running_mean, trained.visual.bn1.running_mean)
+    frozen.train()
+    assert not frozen.visual.bn1.training  # frozen: batch norm uses its stored statistics
+    trained.eval()
+    video = np.random.default_rng(0).integers(0, 255, (1, 2, 72, 96, 3), dtype=np.uint8)
+    with torch.no_grad():
+        assert torch.equal(frozen.encode_frames(video), trained.encode_frames(video))
+    with pytest.raises(ValueError, match="no class token"):
+        VisionEncoder(VisionConfig(**{**TINY_RESNET, "use_cls_token": True}))
+    with pytest.raises(ValueError, match="outside a 5-block model"):
+        VisionEncoder(VisionConfig(**{**TINY_RESNET, "feature_layer": -6}))
