@@ -2,23 +2,24 @@
 
 The quickstart's captions must state six attributes of each clip. This script asks, for each
 attribute, how well a small supervised reader trained on the same 400 training clips can recover
-it from the frozen vision features the captioner is given (the quickstart's stand-in encoder, a
-random one-block ViT, as in configs/quickstart-2-lora.yaml), on the held-out test clips. The
-reader is stronger than what the projector + LoRA can learn in the quickstart (a per-token MLP,
-one transformer layer over all the video's tokens, mean pool, linear; 30 epochs), so it bounds
-what the captioner can state. Next to it, for shape, a three-layer CNN trained on the frames'
-pixels (same clips, same frames) shows whether the information is in the video at all.
+it from the frozen vision features the captioner is given, on the held-out test clips, for two
+towers of the quickstart's architecture (configs/quickstart-2-lora.yaml): the tower at its random
+initial weights, and the tower after the quickstart's caption-word pre-training (the run's
+vision/vision.safetensors). The reader is stronger than what the projector + LoRA learn in the
+quickstart (a per-token MLP, one transformer layer over all the video's tokens, mean pool,
+linear; 30 epochs), so it bounds what the captioner can state. Next to it, for shape, a
+three-layer CNN trained on the frames' pixels (same clips, same frames) shows whether the
+information is in the video at all.
 
-    .venv/bin/python bench/quickstart_probe.py [--data runs/quickstart/data] [--epochs 30]
+    .venv/bin/python bench/quickstart_probe.py [--run runs/quickstart] [--epochs 30]
 
-Without --data, the quickstart's synthetic clips are generated into a temporary folder.
+--run is a folder `vcap quickstart` has written (its data/ and vision/ are read).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,35 +29,42 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="a folder with train.jsonl and test.jsonl from the quickstart (default: generate)")
+    parser.add_argument("--run", default="runs/quickstart", help="a `vcap quickstart` output folder (default runs/quickstart)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
+    import dataclasses
+
     import torch
 
-    from vcap.quickstart import SYNTHETIC, configs_dir, stage_config
-    from vcap.synthetic import make_dataset
+    from vcap.quickstart import configs_dir, stage_config
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(args.data) if args.data else make_dataset(Path(tmp) / "data", seed=0, progress=False,
-                                                              **SYNTHETIC)["train"].parent
-        cfg = stage_config(configs_dir() / "quickstart-2-lora.yaml", Path(tmp) / "run").model
-        train, test = load_split(data / "train.jsonl", cfg), load_split(data / "test.jsonl", cfg)
-    feats_tr, frames_tr, labels_tr, _ = train
-    feats_te, frames_te, labels_te, unseen = test
-    print(f"features: train {tuple(feats_tr.shape)}, test {tuple(feats_te.shape)} (clips, frames, tokens, width)")
-    print("\n| attribute | chance | probe on the vision features: test | seen | unseen | CNN on pixels: test |")
-    print("|---|---|---|---|---|---|")
+    run = Path(args.run)
+    cfg = stage_config(configs_dir() / "quickstart-2-lora.yaml", run).model
+    if not (run / "data" / "test.jsonl").exists() or not Path(cfg.vision_weights).exists():
+        sys.exit(f"{run}: no quickstart data or pre-trained tower here; run `vcap quickstart --out {run}` first")
+    towers = {"random tower": dataclasses.replace(cfg, vision_weights=None), "pre-trained tower": cfg}
+    splits = {name: (load_split(run / "data" / "train.jsonl", tower), load_split(run / "data" / "test.jsonl", tower))
+              for name, tower in towers.items()}
+    _, frames_tr, labels_tr, _ = splits["random tower"][0]
+    _, frames_te, labels_te, unseen = splits["random tower"][1]
+    shapes = {name: tuple(test[0].shape) for name, (_, test) in splits.items()}
+    print(f"test features (clips, frames, tokens, width): {shapes}")
+    columns = " | ".join(f"{name}: test | seen | unseen" for name in towers)
+    print(f"\n| attribute | chance | {columns} | CNN on pixels: test |")
+    print("|---|---|" + "---|---|---|" * len(towers) + "---|")
     for name in labels_tr:
         values = sorted(set(labels_tr[name]) | set(labels_te[name]))
         y_tr = torch.tensor([values.index(v) for v in labels_tr[name]])
         y_te = torch.tensor([values.index(v) for v in labels_te[name]])
-        ok = probe_features(feats_tr, y_tr, feats_te, y_te, len(values), args.epochs)
+        cells = []
+        for train, test in splits.values():
+            ok = probe_features(train[0], y_tr, test[0], y_te, len(values), args.epochs)
+            cells.append(f"{ok.mean():.0%} | {ok[~unseen].mean():.0%} | {ok[unseen].mean():.0%}")
         cnn = f"{probe_pixels(frames_tr, y_tr, frames_te, y_te, len(values)):.0%}" if name == "shape" else ""
-        print(f"| {name} | {1 / len(values):.0%} | {ok.mean():.0%} | {ok[~unseen].mean():.0%} | "
-              f"{ok[unseen].mean():.0%} | {cnn} |", flush=True)
+        print(f"| {name} | {1 / len(values):.0%} | {' | '.join(cells)} | {cnn} |", flush=True)
 
 
 def load_split(manifest: Path, model_cfg):
@@ -74,6 +82,8 @@ def load_split(manifest: Path, model_cfg):
 
     samples = [s for s in read_manifest(manifest) if s.lang == "en"]
     encoder = VisionEncoder(model_cfg.vision)
+    if model_cfg.vision_weights:
+        encoder.load_weights(model_cfg.vision_weights)
     started = time.perf_counter()
     sampling = dataclasses.asdict(model_cfg.frames)
     frames = np.stack([read_frames(s.video, **sampling).frames for s in samples])  # (clips, T, S, S, 3)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vcap.quickstart import STAGES, configs_dir, stage_config
+from pathlib import Path
+
+from vcap.quickstart import STAGES, VISION_PRETRAIN, configs_dir, pretrain_tower, stage_config
 
 
 def test_stage_configs_chain_under_the_output_folder(tmp_path):
@@ -16,3 +18,33 @@ def test_stage_configs_chain_under_the_output_folder(tmp_path):
         assert cfg.data.feature_cache == str(tmp_path / "feature_cache")
     assert lora.train.init_from == projector.train.out_dir
     assert projector.model == lora.model  # the same encoder, projector type and frames in both stages
+
+
+def test_every_stage_reads_the_pretrained_tower_under_the_output_folder(tmp_path):
+    cfgs = [stage_config(configs_dir() / name, tmp_path) for name in STAGES]
+    assert {cfg.model.vision_weights for cfg in cfgs} == {str(tmp_path / "vision" / "vision.safetensors")}
+    assert all(cfg.model.vision == cfgs[0].model.vision for cfg in cfgs)
+
+
+def test_a_new_tower_starts_the_stages_that_read_its_features_over(tmp_path, monkeypatch):
+    import vcap.vision_pretrain
+
+    cfgs = [stage_config(configs_dir() / name, tmp_path) for name in STAGES]
+    for cfg in cfgs:
+        (Path(cfg.train.out_dir) / "step-1").mkdir(parents=True)
+    calls = []
+
+    def fake_pretrain(model, manifest, out_file, cfg, progress):
+        calls.append((manifest, cfg.steps))
+        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_file).write_bytes(b"weights")
+        return {"first_loss": 0.7, "last_loss": 0.1}
+
+    monkeypatch.setattr(vcap.vision_pretrain, "pretrain_vision", fake_pretrain)
+    assert pretrain_tower(cfgs, tmp_path / "train.jsonl", say=lambda _: None)
+    assert calls == [(tmp_path / "train.jsonl", VISION_PRETRAIN["steps"])]
+    text_lm, projector, lora = (Path(cfg.train.out_dir) for cfg in cfgs)
+    assert text_lm.exists() and not projector.exists() and not lora.exists()  # the text LM never saw a frame
+    projector.mkdir()
+    assert not pretrain_tower(cfgs, tmp_path / "train.jsonl", say=lambda _: None)  # there already: a rerun keeps it
+    assert projector.exists() and len(calls) == 1
