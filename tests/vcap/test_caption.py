@@ -3,7 +3,6 @@ with Captioner.caption."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
