@@ -45,13 +45,13 @@ def main() -> None:
     cfg = stage_config(configs_dir() / "quickstart-2-lora.yaml", run).model
     if not (run / "data" / "test.jsonl").exists() or not Path(cfg.vision_weights).exists():
         sys.exit(f"{run}: no quickstart data or pre-trained tower here; run `vcap quickstart --out {run}` first")
+    frames_tr, labels_tr, _ = load_split(run / "data" / "train.jsonl", cfg.frames)
+    frames_te, labels_te, unseen = load_split(run / "data" / "test.jsonl", cfg.frames)
     towers = {"random tower": dataclasses.replace(cfg, vision_weights=None), "pre-trained tower": cfg}
-    splits = {name: (load_split(run / "data" / "train.jsonl", tower), load_split(run / "data" / "test.jsonl", tower))
-              for name, tower in towers.items()}
-    _, frames_tr, labels_tr, _ = splits["random tower"][0]
-    _, frames_te, labels_te, unseen = splits["random tower"][1]
-    shapes = {name: tuple(test[0].shape) for name, (_, test) in splits.items()}
+    features = {name: (encode(frames_tr, tower), encode(frames_te, tower)) for name, tower in towers.items()}
+    shapes = {name: tuple(test.shape) for name, (_, test) in features.items()}
     print(f"test features (clips, frames, tokens, width): {shapes}")
+    pixels_tr, pixels_te = (torch.from_numpy(f).permute(0, 1, 4, 2, 3).float() / 255 - 0.5 for f in (frames_tr, frames_te))
     columns = " | ".join(f"{name}: test | seen | unseen" for name in towers)
     print(f"\n| attribute | chance | {columns} | CNN on pixels: test |")
     print("|---|---|" + "---|---|---|" * len(towers) + "---|")
@@ -60,16 +60,16 @@ def main() -> None:
         y_tr = torch.tensor([values.index(v) for v in labels_tr[name]])
         y_te = torch.tensor([values.index(v) for v in labels_te[name]])
         cells = []
-        for train, test in splits.values():
-            ok = probe_features(train[0], y_tr, test[0], y_te, len(values), args.epochs)
+        for feats_tr, feats_te in features.values():
+            ok = probe_features(feats_tr, y_tr, feats_te, y_te, len(values), args.epochs)
             cells.append(f"{ok.mean():.0%} | {ok[~unseen].mean():.0%} | {ok[unseen].mean():.0%}")
-        cnn = f"{probe_pixels(frames_tr, y_tr, frames_te, y_te, len(values)):.0%}" if name == "shape" else ""
+        cnn = f"{probe_pixels(pixels_tr, y_tr, pixels_te, y_te, len(values)):.0%}" if name == "shape" else ""
         print(f"| {name} | {1 / len(values):.0%} | {' | '.join(cells)} | {cnn} |", flush=True)
 
 
-def load_split(manifest: Path, model_cfg):
-    """Vision features (clips, T, P, Dv), the frames (clips, T, 3, S, S), the attribute labels and which
-    clips show a combination training never shows; the frames are sampled as the captioner samples them."""
+def load_split(manifest: Path, frames_cfg):
+    """The frames (clips, T, S, S, 3) uint8, sampled as the captioner samples them, the attribute
+    labels, and which clips show a combination training never shows."""
     import dataclasses
 
     import numpy as np
@@ -78,22 +78,27 @@ def load_split(manifest: Path, model_cfg):
     from vcap.data import read_manifest
     from vcap.synthetic import ClipAttributes
     from vcap.video import read_frames
-    from vcap.vision import VisionEncoder
 
     samples = [s for s in read_manifest(manifest) if s.lang == "en"]
+    started = time.perf_counter()
+    frames = np.stack([read_frames(s.video, **dataclasses.asdict(frames_cfg)).frames for s in samples])
+    print(f"{manifest.name}: {len(samples)} clips read in {time.perf_counter() - started:.1f} s")
+    labels = {f.name: [str(s.extra["attributes"][f.name]) for s in samples] for f in dataclasses.fields(ClipAttributes)}
+    unseen = torch.tensor([bool(s.extra.get("unseen_combination")) for s in samples])
+    return frames, labels, unseen
+
+
+def encode(frames, model_cfg):
+    """The frozen tower's tokens (clips, T, P, Dv) for uint8 frames (clips, T, S, S, 3)."""
+    import torch
+
+    from vcap.vision import VisionEncoder
+
     encoder = VisionEncoder(model_cfg.vision)
     if model_cfg.vision_weights:
         encoder.load_weights(model_cfg.vision_weights)
-    started = time.perf_counter()
-    sampling = dataclasses.asdict(model_cfg.frames)
-    frames = np.stack([read_frames(s.video, **sampling).frames for s in samples])  # (clips, T, S, S, 3)
     with torch.no_grad():
-        feats = encoder.encode_frames(torch.from_numpy(frames))  # (clips, T, P, Dv)
-    print(f"{manifest.name}: {len(samples)} clips read and encoded in {time.perf_counter() - started:.1f} s")
-    labels = {f.name: [str(s.extra["attributes"][f.name]) for s in samples] for f in dataclasses.fields(ClipAttributes)}
-    pixels = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255 - 0.5  # (clips, T, 3, S, S)
-    unseen = torch.tensor([bool(s.extra.get("unseen_combination")) for s in samples])
-    return feats, pixels, labels, unseen
+        return encoder.encode_frames(torch.from_numpy(frames))
 
 
 def probe_features(x_tr, y_tr, x_te, y_te, classes: int, epochs: int):

@@ -214,16 +214,16 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file whole or not at all: a temporary file beside it, synced, then renamed."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a file whole or not at all: a temporary file beside it, synced, then renamed."""
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -233,13 +233,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically (see write_bytes)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (see write_text)."""
+    """Write JSON atomically (see write_bytes)."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: Any) -> Path:
-    """Write JSON lines atomically, one object per line (see write_text)."""
+    """Write JSON lines atomically, one object per line (see write_bytes)."""
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 

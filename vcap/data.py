@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,12 +207,12 @@ class FeatureCache:
             return None
 
     def put(self, video: Path, features: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        fd, tmp = tempfile.mkstemp(prefix=".feat.", suffix=".safetensors", dir=self.folder)
-        os.close(fd)
-        save_file({"features": features.detach().cpu().contiguous()}, tmp, metadata={"video": str(video)})
-        os.replace(tmp, self.folder / f"{self.key(video)}.safetensors")
+        from .config import write_bytes
+
+        data = save({"features": features.detach().cpu().contiguous()}, metadata={"video": str(video)})
+        write_bytes(self.folder / f"{self.key(video)}.safetensors", data)
 
 
 def encoder_fingerprint(captioner) -> str:

@@ -148,9 +148,10 @@ class VisionEncoder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        if self.is_resnet:  # channels of the chosen block's output
-            block = getattr(self.visual, RESNET_BLOCKS[self.block_index])
-            return int((block[-1] if isinstance(block, nn.Sequential) else self.visual).bn3.num_features)
+        if self.is_resnet:  # channels of the chosen block's output: its last batch norm's
+            if self.block_index == 0:
+                return int(self.visual.bn3.num_features)  # the stem's third convolution
+            return int(getattr(self.visual, RESNET_BLOCKS[self.block_index])[-1].bn3.num_features)
         return int(self.visual.transformer.width)
 
     @property

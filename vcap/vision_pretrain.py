@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import CaptionerConfig
+from .config import CaptionerConfig, write_bytes
 from .data import read_manifest
 from .video import VideoReadError, read_frames
 from .vision import VisionEncoder
@@ -81,17 +81,17 @@ def pretrain_vision(model: CaptionerConfig, manifest: str | os.PathLike, out_fil
                     cfg: VisionPretrainConfig | None = None, progress: bool = True) -> dict[str, float]:
     """Pre-train ``model.vision`` (from its random initial weights) on the manifest's clips; write the
     tower's weights to ``out_file`` (safetensors, atomically). Returns the first and last losses."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from tqdm import tqdm
 
     cfg = cfg or VisionPretrainConfig()
     frames, clip_words, skipped = load_clips(manifest, model, cfg.frames_per_clip)
     for problem in skipped:
         log.warning("skipped: %s", problem)
-    vocab = sorted(set().union(*clip_words))
+    vocab = {word: i for i, word in enumerate(sorted(set().union(*clip_words)))}
     targets = torch.zeros(len(clip_words), len(vocab))  # (clips, V): 1 where the clip's captions use the word
     for i, bag in enumerate(clip_words):
-        targets[i, [vocab.index(w) for w in bag]] = 1.0
+        targets[i, [vocab[w] for w in bag]] = 1.0
     T = frames.shape[1]
     frames = torch.from_numpy(frames).flatten(0, 1)  # (clips*T, H, W, 3) uint8
     targets = targets.repeat_interleave(T, dim=0)  # (clips*T, V): a frame shares its clip's words
@@ -118,10 +118,6 @@ def pretrain_vision(model: CaptionerConfig, manifest: str | os.PathLike, out_fil
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
 
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tower.weights(), str(tmp), metadata={"format": "pt", "vocabulary_size": str(len(vocab)),
-                                                   "steps": str(cfg.steps), "clips": str(len(clip_words))})
-    os.replace(tmp, out)
+    write_bytes(out_file, save(tower.weights(), metadata={"format": "pt", "vocabulary_size": str(len(vocab)),
+                                                          "steps": str(cfg.steps), "clips": str(len(clip_words))}))
     return {"first_loss": losses[0], "last_loss": losses[-1], "clips": len(clip_words), "skipped": len(skipped)}
