@@ -3,7 +3,11 @@
 UI code only: every model call goes through ``vcap.load_captioner`` and the captioner's
 ``read`` / ``caption_stream`` / ``caption_frames``. The model loads once; requests go through
 gradio's queue with a concurrency limit. Binds 127.0.0.1 unless ``--host`` says otherwise; no
-analytics, no hub calls.
+analytics, no version check, no hub calls (the captioner loads offline, as everywhere in vcap).
+
+Timestamped captions read and caption the windows of a video a batch at a time, and at most
+``--max-windows`` (120) windows per request: a longer video needs a longer window. Uploads and
+subtitle files live in one temporary folder, removed when the demo stops (Ctrl-C or SIGTERM).
 
     vcap demo [CAPTIONER_DIR] [--host 127.0.0.1] [--port 7860] [--share]
 """
@@ -11,18 +15,36 @@ analytics, no hub calls.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
+import signal
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from vcap.cli import positive_float, positive_int
 
 DEFAULT_CAPTIONER = Path("runs/quickstart/captioner")
 MAX_UPLOAD_MB = 200
 MAX_DURATION_S = 600.0
+MAX_WINDOWS = 120  # timestamped captions: windows per request (a 10-minute video in 5-second windows)
+BATCH_SIZE = 8  # windows read and captioned at a time
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the app allows and where it keeps its files."""
+
+    examples: list[str] = field(default_factory=list)
+    max_upload_mb: float = MAX_UPLOAD_MB
+    max_duration_s: float = MAX_DURATION_S
+    max_windows: int = MAX_WINDOWS
+    batch_size: int = BATCH_SIZE
+    concurrency: int = 2
+    workdir: Path | None = None  # subtitle files; None: a temporary folder
 
 # The UI's own words, per interface language.
 TEXT: dict[str, dict[str, str]] = {
@@ -92,21 +114,29 @@ class DemoError(Exception):
     """A problem with the visitor's input, shown in the page."""
 
 
-def check_upload(path: str | None, max_upload_mb: float, max_duration_s: float) -> None:
-    """Size and duration limits, and a clear message for a non-video or corrupt file."""
+def visitor_text(text: str, path: str | os.PathLike) -> str:
+    """``text`` with the server's temporary path of an upload replaced by the uploaded file's name."""
+    path = Path(path)
+    return text.replace(str(path), path.name).replace(str(path.parent) + os.sep, "")
+
+
+def check_upload(path: str | None, max_upload_mb: float, max_duration_s: float):
+    """Size and duration limits, and a clear message for a non-video or corrupt file; returns the
+    video's header info."""
     from vcap.video import VideoReadError, probe
 
     if not path:
         raise DemoError("Upload a video first. / 먼저 동영상을 올려 주세요.")
     size_mb = os.path.getsize(path) / 2**20
     if size_mb > max_upload_mb:
-        raise DemoError(f"{Path(path).name}: {size_mb:.0f} MB is over the {max_upload_mb:.0f} MB limit.")
+        raise DemoError(f"{Path(path).name}: {size_mb:.1f} MB is over the {max_upload_mb:g} MB limit.")
     try:
         info = probe(path)
     except VideoReadError as e:
-        raise DemoError(f"{Path(path).name} cannot be read as a video: {e.reason}") from None
+        raise DemoError(f"{Path(path).name} cannot be read as a video: {visitor_text(e.reason, path)}") from None
     if info.duration > max_duration_s:
-        raise DemoError(f"{Path(path).name}: {info.duration:.0f} s is longer than the {max_duration_s:.0f} s limit.")
+        raise DemoError(f"{Path(path).name}: {info.duration:.0f} s is longer than the {max_duration_s:g} s limit.")
+    return info
 
 
 def prompt_for(preset: str, custom: str, lang: str) -> str | None:
@@ -125,22 +155,31 @@ def sampling_options(decoding: str, temperature: float, top_p: float) -> dict[st
     return {"sampling": "non-thinking", "temperature": float(temperature), "top_p": float(top_p)}
 
 
-def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-              max_duration_s: float = MAX_DURATION_S, concurrency: int = 2):
+def build_app(captioner, options: DemoOptions = DemoOptions()):
     """The Blocks app around a loaded captioner."""
     import gradio as gr
 
-    from vcap.video import VideoReadError, read_segment
+    from qwen3_backbone.files import short_name
+    from vcap.subtitles import to_srt
+    from vcap.video import VideoReadError, read_frames, segment_windows
+
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="vcap-demo-"))
+    frames_cfg = dataclasses.asdict(captioner.config.frames)  # sampling exactly as `vcap caption` does
+
+    def refuse(error: Exception, video) -> gr.Error:
+        if isinstance(error, DemoError):
+            return gr.Error(str(error))
+        if isinstance(error, VideoReadError):
+            return gr.Error(f"{Path(video).name} cannot be read as a video: {visitor_text(error.reason, video)}")
+        return gr.Error(f"{Path(video).name}: {visitor_text(f'{type(error).__name__}: {error}', video)}")
 
     def caption(video, lang, preset, custom, thinking, budget, decoding, temperature, top_p, max_tokens):
         try:
-            check_upload(video, max_upload_mb, max_duration_s)
+            check_upload(video, options.max_upload_mb, options.max_duration_s)
             prompt = prompt_for(preset, custom, lang)
             clip = captioner.read(video)
-        except DemoError as e:
-            raise gr.Error(str(e)) from None
-        except VideoReadError as e:
-            raise gr.Error(f"{Path(video).name} cannot be read as a video: {e.reason}") from None
+        except (DemoError, VideoReadError) as e:
+            raise refuse(e, video) from None
         gallery = [(frame, f"{t:.2f} s") for frame, t in zip(clip.frames, clip.timestamps)]
         thoughts, text = "", ""
         yield thoughts, text, gallery
@@ -157,23 +196,25 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
 
     def segments(video, lang, preset, custom, window, max_tokens):
         try:
-            check_upload(video, max_upload_mb, max_duration_s)
+            info = check_upload(video, options.max_upload_mb, options.max_duration_s)
             prompt = prompt_for(preset, custom, lang)
-            from vcap.video import probe, segment_windows
-
-            windows = segment_windows(probe(video).duration, float(window))
-            cfg = captioner.config.frames
-            clips = [read_segment(video, t0, t1, num_frames=cfg.num_frames, size=cfg.size, backend=cfg.backend)
-                     for t0, t1 in windows]
-        except DemoError as e:
-            raise gr.Error(str(e)) from None
-        except VideoReadError as e:
-            raise gr.Error(f"{Path(video).name} cannot be read as a video: {e.reason}") from None
-        results = captioner.caption_frames(clips, None, prompt, lang, max_new_tokens=int(max_tokens))
-        rows = [{"start": t0, "end": t1, "caption": r.caption} for (t0, t1), r in zip(windows, results)]
-        from vcap.caption import to_srt
-
-        srt_path = Path(tempfile.mkdtemp(prefix="vcap-demo-")) / f"{Path(video).stem}.srt"
+            if not window or float(window) <= 0:
+                raise DemoError("The window must be longer than 0 seconds. / 구간 길이는 0초보다 길어야 합니다.")
+            windows = segment_windows(info.duration, float(window))
+            if len(windows) > options.max_windows:
+                shortest = info.duration / options.max_windows
+                raise DemoError(f"{Path(video).name}: {len(windows)} windows of {float(window):g} s; the demo captions at "
+                                f"most {options.max_windows} per video. Choose a window of at least {shortest:.1f} s.")
+            rows = []
+            for start in range(0, len(windows), options.batch_size):  # memory follows the batch, not the video
+                chunk = windows[start:start + options.batch_size]
+                clips = [read_frames(video, start=t0, end=t1, **frames_cfg) for t0, t1 in chunk]
+                results = captioner.caption_frames(clips, None, prompt, lang, max_new_tokens=int(max_tokens))
+                rows += [{"start": t0, "end": t1, "caption": r.caption} for (t0, t1), r in zip(chunk, results)]
+        except (DemoError, VideoReadError) as e:
+            raise refuse(e, video) from None
+        folder = Path(tempfile.mkdtemp(prefix="srt-", dir=workdir))  # one per request: names never collide
+        srt_path = folder / short_name(f"{Path(video).stem}.srt")
         srt_path.write_text(to_srt(rows), encoding="utf-8")
         table = [[_clock(r["start"]), _clock(r["end"]), r["caption"]] for r in rows]
         return table, str(srt_path)
@@ -193,7 +234,7 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
         )
 
     t = TEXT["ko"]
-    with gr.Blocks(title="vcap") as app:
+    with gr.Blocks(title="vcap", analytics_enabled=False) as app:  # no telemetry, no version check
         with gr.Row():
             header = gr.Markdown(f"# {t['title']}\n{t['intro']}")
             ui_lang = gr.Radio([("한국어", "ko"), ("English", "en")], value="ko", label="화면 언어 / Interface",
@@ -201,8 +242,8 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
         with gr.Row():
             with gr.Column(scale=1):
                 video = gr.Video(label=t["video"], sources=["upload"], elem_id="video")
-                if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[video], label=t["examples"])
+                if options.examples:
+                    gr.Examples(examples=[[e] for e in options.examples], inputs=[video], label=t["examples"])
                 lang = gr.Radio(LANG_CHOICES, value="ko", label=t["lang"], elem_id="caption-lang")
                 preset = gr.Radio(PRESET_LABELS["ko"], value="detailed", label=t["preset"])
                 custom = gr.Textbox(label=t["custom"], lines=2, visible=False)
@@ -234,7 +275,7 @@ def build_app(captioner, examples: list[str] | None = None, max_upload_mb: float
         ui_lang.change(relabel, ui_lang, [header, video, lang, preset, custom, thinking, budget, decoding, temperature,
                                          top_p, max_tokens, run, text, thoughts_panel, thoughts, gallery,
                                          segments_panel, window, seg_run, table, srt_file], queue=False, api_name=False)
-    app.queue(default_concurrency_limit=concurrency)
+    app.queue(default_concurrency_limit=options.concurrency)
     return app
 
 
@@ -254,13 +295,19 @@ def find_examples(captioner_dir: Path, limit: int = 4) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("captioner", nargs="?", help=f"a captioner folder (default: {DEFAULT_CAPTIONER}, from make quickstart)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=positive_int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB)
-    parser.add_argument("--max-duration", type=float, default=MAX_DURATION_S, help="longest video accepted, seconds")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests captioned at the same time")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=MAX_UPLOAD_MB, help="largest upload, MB (e.g. 0.5)")
+    parser.add_argument("--max-duration", type=positive_float, default=MAX_DURATION_S, help="longest video accepted, seconds")
+    parser.add_argument("--max-windows", type=positive_int, default=MAX_WINDOWS,
+                        help=f"timestamped captions: most windows per video (default {MAX_WINDOWS})")
+    parser.add_argument("--concurrency", type=positive_int, default=2, help="requests captioned at the same time")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
+    parser.add_argument("--allow-external-paths", action="store_true",
+                        help="let the captioner folder name files outside itself (off by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,9 +318,24 @@ def run(args: argparse.Namespace) -> int:
         hint = "run `make quickstart` first, or pass a captioner folder from `vcap export`"
         print(f"vcap demo: no captioner at {folder}: {hint}", file=sys.stderr)
         return 2
-    captioner = vcap.load_captioner(folder, device=args.device, dtype=args.dtype)
-    app = build_app(captioner, find_examples(folder), args.max_upload_mb, args.max_duration, args.concurrency)
-    print(f"vcap demo: serving {folder} on http://{args.host}:{args.port}", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=args.share,
-               max_file_size=f"{int(args.max_upload_mb)}mb", show_error=True)
+    captioner = vcap.load_captioner(folder, device=args.device, dtype=args.dtype, allow_downloads=args.allow_downloads,
+                                    allow_external_paths=args.allow_external_paths)
+    workdir = Path(tempfile.mkdtemp(prefix="vcap-demo-"))
+    # gradio keeps uploads under GRADIO_TEMP_DIR, read when the app is built: point it into our folder
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")
+    previous = signal.signal(signal.SIGTERM, _stop)  # SIGTERM unwinds like Ctrl-C, so the folder is removed
+    try:
+        options = DemoOptions(find_examples(folder), args.max_upload_mb, args.max_duration, args.max_windows,
+                              concurrency=args.concurrency, workdir=workdir)
+        app = build_app(captioner, options)
+        print(f"vcap demo: serving {folder} on http://{args.host}:{args.port}", flush=True)
+        app.launch(server_name=args.host, server_port=args.port, share=args.share,
+                   max_file_size=int(args.max_upload_mb * 2**20), show_error=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _stop(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from qwen3_backbone.files import write_bytes, write_text
 
 from .linear import LinearProjector, LinearProjectorConfig
 from .mlp import MLPProjector, MLPProjectorConfig
@@ -59,36 +60,29 @@ def projector_config_from_dict(data: dict[str, Any], where: str = "projector") -
 
 def save_projector(projector: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write ``projector.safetensors`` and ``projector.json`` into ``out_dir`` (each atomically)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".projector.", suffix=".safetensors", dir=out)
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=".projector.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(projector_config_to_dict(projector.config), f, indent=2)
-    os.replace(tmp, out / CONFIG_FILE)
+    write_bytes(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+    write_text(out / CONFIG_FILE, json.dumps(projector_config_to_dict(projector.config), indent=2))
     return out
 
 
 def load_projector(folder: str | os.PathLike) -> nn.Module:
-    """Build the projector from ``projector.json`` and load ``projector.safetensors`` (strict)."""
-    from safetensors.torch import load_file
+    """Build the projector from ``projector.json`` and load ``projector.safetensors`` (strict).
+
+    A missing, unreadable or mismatched file is a CheckpointError naming it."""
+    from qwen3_backbone.weights import CheckpointError, load_state_strict, read_safetensors
 
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     try:
         config = projector_config_from_dict(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {folder}") from None
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE} (not a projector folder)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
     projector = build_projector(config)
-    state = load_file(str(folder / WEIGHTS_FILE))
-    missing, unexpected = projector.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        raise ValueError(f"{folder / WEIGHTS_FILE}: {'missing' if missing else 'unexpected'} weight {key!r}")
+    load_state_strict(projector, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     return projector

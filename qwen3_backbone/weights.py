@@ -8,12 +8,8 @@ every parameter filled, with matching shapes; errors name the key. Pickle files 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import Qwen3Config
+from .files import atomic_folder, write_text
 from .model import Qwen3ForCausalLM
 
 SINGLE_FILE = "model.safetensors"
@@ -51,12 +48,40 @@ def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = False) ->
     except Exception as cached_error:  # not cached (LocalEntryNotFoundError), or a bad id
         if not download:
             raise FileNotFoundError(
-                f"{name} is not in the local Hugging Face cache and vcap does not download by default.\n"
+                f"{name} is not in the local Hugging Face cache, and nothing is downloaded unless asked for.\n"
                 f"Pass a local directory that holds config.json and *.safetensors instead, e.g.\n"
-                f"  huggingface-cli download {name} --local-dir ./{name.split('/')[-1]}\n"
-                f"then use ./{name.split('/')[-1]}; or allow a download explicitly (download=True)."
+                f"  hf download {name} --local-dir ./{name.split('/')[-1]}\n"
+                f"then use ./{name.split('/')[-1]}; or allow downloads explicitly (download=True here; "
+                f"vcap: --allow-downloads)."
             ) from cached_error
     return Path(snapshot_download(name, allow_patterns=patterns))
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file; a missing or unreadable file is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
+                      hint: str = "") -> None:
+    """Load ``state`` into ``module``: every key and every shape must match, or a CheckpointError
+    names ``source`` and the first bad key (``hint`` says what may be wrong)."""
+    own = module.state_dict()
+    problem = next((f"missing weight {k!r}" for k in own if k not in state), None)
+    problem = problem or next((f"unexpected weight {k!r}" for k in state if k not in own), None)
+    problem = problem or next((f"weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+                               for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)), None)
+    if problem:
+        raise CheckpointError(f"{source}: {problem}" + (f" ({hint})" if hint else ""))
+    module.load_state_dict(state, strict=True)
 
 
 def _checkpoint_files(model_dir: Path) -> dict[str, Path]:
@@ -137,31 +162,14 @@ def load_pretrained(
     return model.eval()
 
 
-@contextlib.contextmanager
-def atomic_folder(out: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out`` (one rename), on
-    any error or interruption it is deleted. A kill leaves ``out`` as it was, at worst with a
-    hidden ``prefix*`` folder beside it (default prefix: ``.<name>.tmp-``)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_pretrained(
-    model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3
+    model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3, overwrite: bool = False
 ) -> Path:
     """Write ``config.json`` and safetensors weights that transformers' ``from_pretrained`` reads.
 
     Large models are sharded (``model-00001-of-0000N.safetensors`` + index). The folder is written
     next to its destination and renamed into place, so an interrupted save leaves no partial copy.
+    An ``out_dir`` that exists and is not empty is replaced only with ``overwrite=True``.
     """
     out = Path(out_dir)
     config = model.config
@@ -174,8 +182,8 @@ def save_pretrained(
     hf_config = config.to_hf()
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
 
-    with atomic_folder(out) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    with atomic_folder(out, replace=overwrite) as tmp:
+        write_text(tmp / "config.json", json.dumps(hf_config, indent=2) + "\n")
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
         for name, tensor in state.items():
@@ -196,5 +204,5 @@ def save_pretrained(
                 weight_map.update({name: file for name in shard})
             total = sum(t.numel() * t.element_size() for t in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            write_text(tmp / INDEX_FILE, json.dumps(index, indent=2) + "\n")
     return out

@@ -64,7 +64,8 @@ def make_bad_files(folder: Path) -> dict[str, Path]:
         w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
     shutil.copy(wav, files["audio_only"])
 
-    _write_h264(np.zeros((0, 64, 64, 3), dtype=np.uint8), files["no_frames"])
+    _write_h264(np.zeros((0, 64, 64, 3), dtype=np.uint8), files["no_frames"])  # a container holding no frames
+    assert files["no_frames"].is_file()
     files["directory"] = folder / "folder.mp4"
     files["directory"].mkdir(exist_ok=True)
     return files
@@ -79,6 +80,9 @@ def _write_h264(frames: np.ndarray, path: Path, options: dict | None = None, fps
         stream.width, stream.height = (frames.shape[2], frames.shape[1]) if len(frames) else size
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast"}
+        if not len(frames):  # flushing an encoder that saw no frame leaves no file: write the bare container
+            container.start_encoding()
+            return path
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

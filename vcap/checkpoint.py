@@ -39,6 +39,10 @@ def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found) if (p / "trainer_state.json").exists()]
 
 
+def _step(checkpoint: Path) -> int:
+    return int(STEP_DIR.match(checkpoint.name).group(1))
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint of a run folder (or the folder itself if it is one)."""
     path = Path(run_dir)
@@ -61,10 +65,10 @@ def save_checkpoint(
 ) -> Path:
     from projector import save_projector
     from qwen3_backbone import save_pretrained
-    from qwen3_backbone.weights import atomic_folder
+    from qwen3_backbone.files import atomic_folder
 
     final = run_dir / f"step-{step:08d}"
-    with atomic_folder(final, prefix=f".tmp-step-{step:08d}-") as tmp:
+    with atomic_folder(final, prefix=f".tmp-step-{step:08d}-", replace=True) as tmp:  # our own step folder
         save_projector(captioner.projector, tmp / "projector")
         if stage == "lora":
             captioner.language_model.save_pretrained(str(tmp / "adapter"))
@@ -72,9 +76,10 @@ def save_checkpoint(
             save_pretrained(captioner.lm, tmp / "language_model")
         _save_optimizer(optimizer, tmp)
         _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
-        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")  # the folder is renamed into place whole
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final and _step(old) < step:  # only older steps of this run; never the one just written
+            shutil.rmtree(old, ignore_errors=True)
     for stale in run_dir.glob(".tmp-step-*"):  # left by a kill during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -100,12 +105,9 @@ def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
     source = load_projector(checkpoint / "projector")
     captioner.projector.load_state_dict(source.state_dict())
     if stage == "lora" and (checkpoint / "adapter").exists():
-        from peft import set_peft_model_state_dict
+        from .adapter import load_adapter_weights
 
-        weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(captioner.language_model, weights)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{checkpoint / 'adapter'}: unexpected adapter weight {result.unexpected_keys[0]!r}")
+        load_adapter_weights(captioner.language_model, checkpoint / "adapter")
     elif stage == "full" and (checkpoint / "language_model").exists():
         weights = load_file(str(checkpoint / "language_model" / "model.safetensors"))
         if captioner.lm.config.tie_word_embeddings:

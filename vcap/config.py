@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import UsageError
 from .vision import VisionConfig
 
 T = TypeVar("T")
@@ -28,7 +29,7 @@ DEFAULT_INSTRUCTIONS = {
 LANGS = ("ko", "en")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config value that is wrong: the message names the key."""
 
 
@@ -52,6 +53,12 @@ class FramesConfig:
             raise ConfigError("frames.fps must be > 0 when frames.strategy is 'fps'")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ConfigError(f"frames.backend must be auto, decord or pyav, got {self.backend!r}")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"frames.size must be > 0 pixels (or null for the native size), got {self.size}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"frames.max_frames must be >= 1 (or null), got {self.max_frames}")
+        if self.num_frames < 1:
+            raise ConfigError(f"frames.num_frames must be >= 1, got {self.num_frames}")
 
 
 @dataclass
@@ -203,6 +210,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -212,40 +223,6 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write a file whole or not at all: a temporary file beside it, synced, then renamed."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a UTF-8 text file atomically (see write_bytes)."""
-    return write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (see write_bytes)."""
-    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str | os.PathLike, records: Any) -> Path:
-    """Write JSON lines atomically, one object per line (see write_bytes)."""
-    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 # -- training runs -----------------------------------------------------------------------------------
@@ -267,6 +244,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.train:
             raise ConfigError("data.train must name a manifest (JSONL)")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"data.max_samples must be >= 1 (or null for all), got {self.max_samples}")
 
 
 @dataclass
@@ -279,6 +258,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.targets:
@@ -323,6 +304,15 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or (self.projector_lr is not None and self.projector_lr <= 0):
             raise ConfigError("train.lr and train.projector_lr must be > 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"train.max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1 (or null), got {getattr(self, name)}")
         if self.qlora and self.stage != "lora":
             raise ConfigError("train.qlora needs train.stage: lora (4-bit base weights cannot be trained)")
 
@@ -339,6 +329,37 @@ class RunConfig:
     model: CaptionerConfig = field(default_factory=CaptionerConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train.jsonl"))
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def absolute_paths(cfg: RunConfig, base: str | os.PathLike | None = None) -> RunConfig:
+    """A copy of ``cfg`` whose file and folder settings are absolute (relative ones resolved against
+    ``base``, the working folder by default), as a run saves them: the run then means the same
+    files from any working folder. A language model that is not a local path (``preset:``, a hub
+    id) is kept as it is."""
+    root = Path(base or os.getcwd())
+
+    def absolute(value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (root / path).resolve())
+
+    model, data, train = cfg.model, cfg.data, cfg.train
+    lm = model.language_model
+    if not lm.startswith("preset:") and (Path(lm).is_absolute() or (root / lm).exists()):
+        lm = absolute(lm)
+    pretrained = model.vision.pretrained
+    if pretrained and Path(pretrained).suffix:  # a file, not an open_clip tag
+        pretrained = absolute(pretrained)
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(model, language_model=lm, vision=dataclasses.replace(model.vision, pretrained=pretrained),
+                                  vision_weights=absolute(model.vision_weights), tokenizer=absolute(model.tokenizer),
+                                  adapter=absolute(model.adapter)),
+        data=dataclasses.replace(data, train=absolute(data.train), val=absolute(data.val),
+                                 feature_cache=absolute(data.feature_cache)),
+        train=dataclasses.replace(train, out_dir=absolute(train.out_dir), init_from=absolute(train.init_from)),
+    )
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:

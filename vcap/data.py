@@ -32,13 +32,14 @@ import torch
 from qwen3_backbone.chat import tokenize, video_message
 
 from .config import LANGS
+from .errors import UsageError
 from .video import VideoReadError
 
 IGNORE_INDEX = -100
 VIDEO_MARKER = "<video>"
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError, ValueError):
     """A manifest with bad lines; ``problems`` lists (line number, message)."""
 
     def __init__(self, path: Path, problems: list[tuple[int, str]]) -> None:
@@ -193,7 +194,7 @@ class FeatureCache:
     def key(self, video: Path) -> str:
         stat = video.stat()
         identity = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.encoder_key}"
-        return hashlib.sha256(identity.encode()).hexdigest()[:32]
+        return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any file name
 
     def get(self, video: Path) -> torch.Tensor | None:
         from safetensors.torch import load_file
@@ -209,9 +210,9 @@ class FeatureCache:
     def put(self, video: Path, features: torch.Tensor) -> None:
         from safetensors.torch import save
 
-        from .config import write_bytes
+        from .outputs import escape_surrogates, write_bytes
 
-        data = save({"features": features.detach().cpu().contiguous()}, metadata={"video": str(video)})
+        data = save({"features": features.detach().cpu().contiguous()}, metadata={"video": escape_surrogates(str(video))})
         write_bytes(self.folder / f"{self.key(video)}.safetensors", data)
 
 

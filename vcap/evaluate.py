@@ -1,8 +1,9 @@
 """``vcap eval CAPTIONER_DIR MANIFEST``: caption a manifest's videos and score them.
 
 Metrics come from pycocoevalcap, the COCO caption evaluation code (pure Python for BLEU-4,
-ROUGE-L and CIDEr-D; METEOR is added when Java is installed, as it runs the METEOR jar). Its Java
-PTB tokenizer is not used; captions are tokenized here:
+ROUGE-L and CIDEr-D). METEOR is opt-in (``--meteor``): it runs a Java jar (about 45 s to start),
+needs Java installed, and is reported for English only, since its synonym and stemming tables
+are English. The Java PTB tokenizer is not used; captions are tokenized here:
 - English: lower-cased words and numbers (punctuation dropped), as the PTB tokenizer leaves them;
 - Korean: morphemes from Kiwi (kiwipiepy, offline), so particles and endings count as their own
   tokens ("배경에서" -> "배경", "에서"); whitespace words would make every particle a mismatch.
@@ -25,6 +26,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .cli import positive_int
+from .errors import UsageError
+from .outputs import check_output_file, read_jsonl, recognises, write_json, write_jsonl
+
 WORD = re.compile(r"[\w']+", re.UNICODE)
 PUNCTUATION_TAGS = {"SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW"}  # Kiwi's punctuation and symbol tags
 
@@ -45,8 +50,8 @@ class Tokenizer:
         return " ".join(WORD.findall(text.lower()))
 
 
-def caption_scores(references: dict[Any, list[str]], hypotheses: dict[Any, str], with_meteor: bool | None = None) -> dict[str, float]:
-    """BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR with Java) over pre-tokenized captions."""
+def caption_scores(references: dict[Any, list[str]], hypotheses: dict[Any, str], with_meteor: bool = False) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR when asked for; it needs Java) over pre-tokenized captions."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -59,9 +64,9 @@ def caption_scores(references: dict[Any, list[str]], hypotheses: dict[Any, str],
     scores = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
-    if with_meteor is None:
-        with_meteor = shutil.which("java") is not None
     if with_meteor:
+        if shutil.which("java") is None:
+            raise UsageError("METEOR needs Java (e.g. apt-get install default-jre); run without --meteor")
         from pycocoevalcap.meteor.meteor import Meteor
 
         meteor = Meteor()
@@ -80,15 +85,17 @@ def evaluate(
     thinking: bool = False,
     max_new_tokens: int | None = None,
     progress: bool = True,
-    with_meteor: bool | None = None,
+    with_meteor: bool = False,
 ) -> dict[str, Any]:
-    """Caption every (video, language) of a manifest and score against its captions."""
-    from tqdm import tqdm
-
+    """Caption every (video, language) of a manifest and score against its captions. ``out_jsonl``
+    is checked before any captioning (a path vcap may not or cannot write stops it at once)."""
     from .data import read_manifest
+    from .progress import progress_bar
     from .synthetic import states_all_attributes
     from .video import VideoReadError
 
+    if out_jsonl is not None:
+        check_output_file(out_jsonl, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))
     samples = read_manifest(manifest, captioner.config.instructions)
     groups: dict[tuple[Path, str], list] = defaultdict(list)
     for sample in samples:
@@ -96,7 +103,7 @@ def evaluate(
     keys = list(groups)
     tokenize = Tokenizer()
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(keys), desc="evaluate", unit="caption", disable=not progress)
+    bar = progress_bar(len(keys), "evaluate", "caption", enabled=progress)
     for lang in ("ko", "en"):
         todo = [k for k in keys if k[1] == lang]
         for start in range(0, len(todo), batch_size):
@@ -133,7 +140,7 @@ def evaluate(
             continue
         refs = {i: [tokenize(c, r["lang"]) for c in r["references"]] for i, r in enumerate(part)}
         hyps = {i: tokenize(r["caption"], r["lang"]) for i, r in enumerate(part)}
-        entry: dict[str, Any] = {"n": len(part), **caption_scores(refs, hyps, with_meteor)}
+        entry: dict[str, Any] = {"n": len(part), **caption_scores(refs, hyps, with_meteor and lang == "en")}
         judged = [r for r in part if "attributes_correct" in r]
         if judged:
             entry["attribute_accuracy"] = sum(r["attributes_correct"] for r in judged) / len(judged)
@@ -142,10 +149,25 @@ def evaluate(
                 entry["attribute_accuracy_unseen"] = sum(r["attributes_correct"] for r in unseen) / len(unseen)
         report[lang] = entry
     if out_jsonl is not None:
-        from .config import write_jsonl
-
         write_jsonl(out_jsonl, rows)
     return report
+
+
+def is_eval_row(row: Any) -> bool:
+    return isinstance(row, dict) and {"video", "lang", "status"} <= row.keys()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a per-caption evaluation file vcap wrote (OutputError for any other file)."""
+    return read_jsonl(Path(path), is_eval_row, "video", "per-caption evaluation")
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(report, dict) and {"manifest", "captions", "errors"} <= report.keys()
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -171,25 +193,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="a JSONL manifest with reference captions")
     parser.add_argument("--out", help="per-sample outputs as JSONL (default: <manifest>.eval.jsonl)")
     parser.add_argument("--report", help="also write the metrics as JSON here")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--thinking", action="store_true", help="generate with thinking on")
-    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--max-new-tokens", type=positive_int)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even if Java is installed")
+    parser.add_argument("--meteor", action="store_true",
+                        help="also report METEOR for English (needs Java; its jar takes ~45 s to start)")
+    parser.add_argument("--no-meteor", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
+    parser.add_argument("--allow-external-paths", action="store_true",
+                        help="let the captioner folder name files outside itself (off by default)")
     parser.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from .model import load_captioner
 
-    captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype)
-    out = args.out or str(Path(args.manifest).with_suffix(".eval.jsonl"))
+    out = Path(args.out or Path(args.manifest).with_suffix(".eval.jsonl"))
+    check_output_file(out, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))  # before any work
+    if args.report:
+        check_output_file(args.report, "evaluation report (JSON)", "--report", is_ours=_is_report)
+    if args.meteor and shutil.which("java") is None:
+        raise UsageError("--meteor needs Java (e.g. apt-get install default-jre)")
+    captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype,
+                               allow_downloads=args.allow_downloads, allow_external_paths=args.allow_external_paths)
     report = evaluate(captioner, args.manifest, out, batch_size=args.batch_size, thinking=args.thinking,
-                      max_new_tokens=args.max_new_tokens, progress=not args.quiet,
-                      with_meteor=False if args.no_meteor else None)
+                      max_new_tokens=args.max_new_tokens, progress=not args.quiet, with_meteor=args.meteor)
     print(format_report(report))
     print(f"per-sample outputs: {out}")
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(args.report, report)
     return 0 if report["errors"] == 0 else 1

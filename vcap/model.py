@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,18 @@ from torch import nn
 
 from projector import build_projector, load_projector, projector_config_from_dict, save_projector
 from qwen3_backbone import Qwen3Config, Qwen3ForCausalLM, load_pretrained, save_pretrained
-from qwen3_backbone.chat import split_thinking, thinking_budget, tokenize, video_message
+from qwen3_backbone.chat import ThinkingSplitter, split_ids, thinking_budget, tokenize, video_message
 from qwen3_backbone.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
 
-from .config import LANGS, CaptionerConfig, config_from_dict, config_to_dict, read_config_file, write_json
+from .config import LANGS, CaptionerConfig, ConfigError, config_from_dict, config_to_dict, read_config_file
+from .errors import CaptionerError
+from .outputs import OutputError, write_bytes, write_json
+from .security import OFFLINE, Access, inside
 from .video import Frames, read_frames
 from .vision import VisionEncoder
 
 VIDEO_PAD_ID = SPECIAL_TOKENS["<|video_pad|>"][0]
-THINK_ID, END_THINK_ID = SPECIAL_TOKENS["<think>"][0], SPECIAL_TOKENS["</think>"][0]
 CONFIG_FILE = "captioner.json"
 
 VideoInput = str | os.PathLike | Frames | np.ndarray | torch.Tensor
@@ -80,6 +82,7 @@ class VideoCaptioner(nn.Module):
         self.language_model = language_model
         self.tokenizer = tokenizer
         self.config = config
+        self.sources: tuple[Path, ...] = ()  # every file it was built from (set by build_captioner)
 
     # -- pieces ---------------------------------------------------------------------------------
     @property
@@ -238,7 +241,7 @@ class VideoCaptioner(nn.Module):
         results = []
         for i, clip in enumerate(clips):
             tokens = [t for t in out[i].tolist() if t != self.tokenizer.pad_id]
-            thought, answer = split_thinking(self.tokenizer.decode(tokens))
+            thought, answer = split_ids(self.tokenizer, tokens, thinking)  # the same rule as caption_stream
             source = sources[i] if sources is not None else None
             results.append(CaptionResult(
                 caption=answer, thinking=thought, lang=lang, prompt=instruction,
@@ -266,32 +269,14 @@ class VideoCaptioner(nn.Module):
         ids, mask, embeds, _ = self.prepare([clip], prompt, lang, thinking)
         steps = self._generate(ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed,
                                stream=True, **sampling_overrides)
-        decoder = self.tokenizer.stream_decoder()
-        kind = "thinking" if thinking else "caption"
-        pending_strip = True  # drop the blank lines around the think block, as split_thinking does
+        splitter = ThinkingSplitter(self.tokenizer, thinking)  # the same rule as caption()
         for step in steps:
-            token = int(step[0])
-            if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
+            for kind, text in splitter.push(int(step[0])):
+                yield CaptionEvent("thinking" if kind == "thinking" else "caption", text)
+            if splitter.done:
                 break
-            if token == THINK_ID:
-                kind, pending_strip = "thinking", True
-                continue
-            if token == END_THINK_ID:
-                tail = decoder.flush()
-                if tail.strip():
-                    yield CaptionEvent(kind, tail.rstrip())
-                decoder = self.tokenizer.stream_decoder()
-                kind, pending_strip = "caption", True
-                continue
-            text = decoder.push(token)
-            if pending_strip:
-                text = text.lstrip()
-                pending_strip = not text
-            if text:
-                yield CaptionEvent(kind, text)
-        tail = decoder.flush()
-        if tail.strip():
-            yield CaptionEvent(kind, tail.rstrip())
+        for kind, text in splitter.finish():
+            yield CaptionEvent("thinking" if kind == "thinking" else "caption", text)
 
     def _generate(self, ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed, stream,
                   **sampling_overrides):
@@ -342,23 +327,38 @@ def _sampling(sampling: str | SamplingConfig | None) -> SamplingConfig | None:
 
 # -- building, loading, saving ------------------------------------------------------------------------
 
+def _model_files(model_dir: Path) -> list[Path]:
+    """The files a Hugging Face model folder is loaded from (config and safetensors)."""
+    return sorted(p for p in model_dir.iterdir() if p.name == "config.json" or p.name.endswith(".safetensors")
+                  or p.name == "model.safetensors.index.json")
+
+
 def build_language_model(spec: str, base: Path | None = None, dtype: torch.dtype = torch.float32,
-                         device: str | torch.device = "cpu") -> Qwen3ForCausalLM:
-    """``preset:NAME`` (random weights), a model folder, a cached hub id, or a training run of the
-    full stage (its newest checkpoint's language model). Loading is strict, safetensors only."""
+                         device: str | torch.device = "cpu", access: Access = OFFLINE,
+                         files: list[Path] | None = None) -> Qwen3ForCausalLM:
+    """``preset:NAME`` (random weights), a model folder, a hub id (from the local cache; fetched
+    only when ``access`` allows downloads), or a training run of the full stage (its newest
+    checkpoint's language model). Loading is strict, safetensors only. With ``base`` (a captioner
+    folder) a path must lie inside it (see vcap.security). The files read are added to ``files``."""
+    from qwen3_backbone.weights import resolve_model_dir
+
     if spec.startswith("preset:"):
         model = Qwen3ForCausalLM(Qwen3Config.from_name(spec.split(":", 1)[1]))
         return model.to(device=device, dtype=dtype).eval()
-    path = Path(spec)
-    if base is not None and not path.is_absolute() and (base / path).exists():
-        path = base / path
+    path = Path(spec).expanduser()
+    if base is not None and (path.is_absolute() or ".." in path.parts or (base / path).exists()):
+        path = inside(base, spec, "language_model", access)
     if path.is_dir() and not (path / "config.json").exists():
         from .checkpoint import latest_checkpoint
 
         checkpoint = latest_checkpoint(path)
         if checkpoint is not None and (checkpoint / "language_model").exists():
             path = checkpoint / "language_model"
-    return load_pretrained(path if path.exists() else spec, dtype=dtype, device=device)
+    model_dir = resolve_model_dir(path if path.exists() else spec, download=access.allow_downloads)
+    model = load_pretrained(model_dir, dtype=dtype, device=device)
+    if files is not None:
+        files += _model_files(model_dir)
+    return model
 
 
 def build_captioner(
@@ -367,44 +367,70 @@ def build_captioner(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     vision_dtype: torch.dtype | str | None = None,
+    access: Access = OFFLINE,
 ) -> VideoCaptioner:
-    """Construct every part a config names; relative paths resolve against ``base``."""
+    """Construct every part a config names. With ``base`` (a captioner folder) relative paths
+    resolve inside it and may not leave it unless ``access`` allows; without, they are the
+    caller's own paths (relative to the working folder). ``captioner.sources`` lists every file read."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     vision_dtype = getattr(torch, vision_dtype) if isinstance(vision_dtype, str) else (vision_dtype or dtype)
+    files: list[Path] = [base / CONFIG_FILE] if base is not None else []
 
-    def local(p: str | None) -> Path | None:
+    def local(p: str | None, key: str) -> Path | None:
         if p is None:
             return None
-        path = Path(p).expanduser()
-        return base / path if base is not None and not path.is_absolute() else path
+        if base is not None:
+            return inside(base, p, key, access)
+        return Path(p).expanduser()
 
-    vision = VisionEncoder(config.vision)
+    vision_config = config.vision
+    if base is not None and vision_config.pretrained and Path(vision_config.pretrained).suffix:  # a file, not a tag
+        vision_config = replace(vision_config, pretrained=str(local(vision_config.pretrained, "vision.pretrained")))
+    vision = VisionEncoder(vision_config, access=access)
+    if vision.weights_file is not None:
+        files.append(vision.weights_file)
     if config.vision_weights:
-        vision.load_weights(local(config.vision_weights))
+        files.append(local(config.vision_weights, "vision_weights"))
+        vision.load_weights(files[-1])
     vision.to(device=device, dtype=vision_dtype)
 
-    backbone = build_language_model(config.language_model, base, dtype=dtype, device=device)
+    backbone = build_language_model(config.language_model, base, dtype=dtype, device=device, access=access,
+                                    files=files)
     language_model: nn.Module = backbone
     if config.adapter:
-        from peft import PeftModel
+        from .adapter import CONFIG_FILE as ADAPTER_CONFIG, WEIGHTS_FILE as ADAPTER_WEIGHTS, load_adapter
 
-        language_model = PeftModel.from_pretrained(backbone, str(local(config.adapter)), is_trainable=False)
+        adapter_dir = local(config.adapter, "adapter")
+        language_model = load_adapter(backbone, adapter_dir)
+        files += [adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS]
     if base is not None and (base / "projector" / "projector.json").exists():
         projector = load_projector(base / "projector")
+        files += [base / "projector" / "projector.json", base / "projector" / "projector.safetensors"]
     else:
         options = dict(config.projector)
         options.setdefault("vision_hidden_size", vision.hidden_size)
         options.setdefault("text_hidden_size", backbone.config.hidden_size)
-        projector = build_projector(projector_config_from_dict(options, "projector"))
+        try:
+            projector = build_projector(projector_config_from_dict(options, "projector"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     projector.to(device=device, dtype=dtype).eval()
 
-    tokenizer_source = local(config.tokenizer)
-    if tokenizer_source is None:
-        lm_dir = local(config.language_model) if not config.language_model.startswith("preset:") else None
-        if lm_dir is not None and (lm_dir / "tokenizer.json").exists():
-            tokenizer_source = lm_dir / "tokenizer.json"
-    tokenizer = Qwen3Tokenizer.load(tokenizer_source)
-    return VideoCaptioner(vision, projector, language_model, tokenizer, config).eval()
+    tokenizer_source = local(config.tokenizer, "tokenizer") or _tokenizer_beside(files)
+    tokenizer = Qwen3Tokenizer.load(tokenizer_source)  # None: the embedded default
+    if tokenizer_source is not None:
+        files.append(Path(tokenizer_source))
+    captioner = VideoCaptioner(vision, projector, language_model, tokenizer, config).eval()
+    captioner.sources = tuple(dict.fromkeys(Path(f).resolve() for f in files))
+    return captioner
+
+
+def _tokenizer_beside(files: list[Path]) -> Path | None:
+    """The language model folder's own tokenizer.json (beside its config.json), if it has one."""
+    for f in files:
+        if f.name == "config.json" and (f.parent / "tokenizer.json").exists():
+            return f.parent / "tokenizer.json"
+    return None
 
 
 def load_captioner(
@@ -412,24 +438,38 @@ def load_captioner(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     vision_dtype: torch.dtype | str | None = None,
+    *,
+    allow_downloads: bool = False,
+    allow_external_paths: bool = False,
 ) -> VideoCaptioner:
-    """A captioner from a folder written by ``save_captioner`` (or ``vcap export``), or a config."""
+    """A captioner from a folder written by ``save_captioner`` (or ``vcap export``), or a config.
+
+    Safe by default (see vcap.security): offline, safetensors only, and every file the folder's
+    captioner.json names must lie inside the folder. ``allow_downloads`` lets missing hub weights
+    be fetched; ``allow_external_paths`` lets the folder name files elsewhere."""
+    access = Access(allow_downloads=allow_downloads, allow_external_paths=allow_external_paths)
     if isinstance(path_or_config, CaptionerConfig):
-        return build_captioner(path_or_config, None, device, dtype, vision_dtype)
+        return build_captioner(path_or_config, None, device, dtype, vision_dtype, access)
     folder = Path(path_or_config)
-    if not (folder / CONFIG_FILE).exists():
-        raise FileNotFoundError(
+    if not (folder / CONFIG_FILE).is_file():
+        raise CaptionerError(
             f"{folder} is not a captioner folder (no {CONFIG_FILE}); create one with `vcap export` or save_captioner"
         )
-    config = config_from_dict(CaptionerConfig, read_config_file(folder / CONFIG_FILE), where=str(folder / CONFIG_FILE))
-    return build_captioner(config, folder, device, dtype, vision_dtype)
+    where = str(folder / CONFIG_FILE)
+    config = config_from_dict(CaptionerConfig, read_config_file(folder / CONFIG_FILE), where=where)
+    return build_captioner(config, folder, device, dtype, vision_dtype, access)
 
 
 def save_captioner(captioner: VideoCaptioner, out_dir: str | os.PathLike, save_language_model: bool = True) -> Path:
     """Write a self-contained captioner folder: config, projector, tokenizer, the language model in
     Hugging Face format (or, with ``save_language_model=False``, a reference plus the adapter),
-    and the image-tower weights when they are not a published open_clip tag."""
+    and the image-tower weights unless they are a published open_clip tag. Every path in the
+    written captioner.json is inside the folder.
+
+    ``out_dir`` must be missing or empty; ``vcap export`` writes into a fresh temporary folder."""
     out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out} is not empty; save a captioner into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     config = config_to_dict(captioner.config)
     save_projector(captioner.projector, out / "projector")
@@ -444,10 +484,14 @@ def save_captioner(captioner: VideoCaptioner, out_dir: str | os.PathLike, save_l
     elif hasattr(captioner.language_model, "save_pretrained"):
         captioner.language_model.save_pretrained(str(out / "adapter"))
         config["adapter"] = "adapter"
-    if not captioner.config.vision.pretrained:
-        from safetensors.torch import save_file
+    pretrained = captioner.config.vision.pretrained
+    from_file = bool(pretrained) and Path(pretrained).suffix != ""
+    if not pretrained or from_file or captioner.config.vision_weights:  # anything but a published tag alone
+        from safetensors.torch import save
 
-        save_file(captioner.vision.weights(), str(out / "vision.safetensors"), metadata={"format": "pt"})
+        write_bytes(out / "vision.safetensors", save(captioner.vision.weights(), metadata={"format": "pt"}))
         config["vision_weights"] = "vision.safetensors"
+        if from_file:
+            config["vision"]["pretrained"] = None
     write_json(out / CONFIG_FILE, config)
     return out

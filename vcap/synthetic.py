@@ -235,7 +235,7 @@ def make_dataset(
     """
     from tqdm import tqdm
 
-    from .config import write_jsonl
+    from .outputs import write_jsonl
 
     out = Path(out_dir)
     rng = random.Random(seed)

@@ -14,8 +14,14 @@ everything needed to resume exactly: ``--resume`` continues from the newest one 
 data order, random state and optimizer state, so the losses and weights match an uninterrupted run.
 
 Outputs in ``out_dir``: ``step-N/`` checkpoints, ``metrics.jsonl`` (one line per optimizer step),
-``train.log`` (human-readable, incl. skipped videos), ``config.yaml`` (the resolved config) and,
-with ``train.tensorboard``, TensorBoard events.
+``train.log`` (human-readable, incl. skipped videos), ``config.yaml`` (the resolved config, every
+path in it absolute, so ``vcap export`` works from any folder) and, with ``train.tensorboard``,
+TensorBoard events.
+
+An ``out_dir`` that already holds a run is never mixed with a new one: without ``--resume`` the
+command refuses (``--overwrite`` first moves the old run aside, to ``<out_dir>.old-<time>``), and
+an ``out_dir`` that is not empty and holds no vcap run is refused. Older checkpoints of the run
+are deleted as ``train.keep_last`` says, never the newest one.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import math
 import random
@@ -34,19 +39,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig, config_to_dict, load_config
+from .config import ConfigError, RunConfig, absolute_paths, config_to_dict, load_config
+from .errors import OutputError, UsageError
+from .outputs import json_line, write_text
+from .security import OFFLINE, Access
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # "kernels" is not installed: harmless
 
 log = logging.getLogger("vcap.train")
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run one training stage; returns the run folder."""
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+          access: Access = OFFLINE) -> Path:
+    """Run one training stage; returns the run folder. ``resume`` continues the run in
+    ``train.out_dir``; ``overwrite`` moves an earlier run there aside first; ``access`` may allow
+    downloading base weights that are not cached (see vcap.security)."""
     from accelerate import Accelerator
 
+    cfg = absolute_paths(cfg)
     out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     from accelerate.state import AcceleratorState
 
     # accelerate keeps one precision per process; several train() calls in one process (the
@@ -54,13 +65,22 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     # (the distributed set-up, PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
+    move_aside = check_run_dir(out, resume, overwrite)  # every process decides on the same view, then the first acts
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if move_aside:
+            aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            out.rename(aside)
+            print(f"vcap train: moved the earlier run in {out} to {aside}", file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     _setup_logging(out, accelerator.is_main_process)
     seed_everything(cfg.train.seed)
     config_yaml = dump_config(cfg)
     if accelerator.is_main_process:
-        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        write_text(out / "config.yaml", config_yaml)
 
-    captioner = build_for_training(cfg)
+    captioner = build_for_training(cfg, access)
     train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process)
     optimizer, scheduler, total_steps = build_optimizer(cfg, captioner, len(train_set), accelerator.num_processes)
     model, optimizer = accelerator.prepare(captioner, optimizer)
@@ -77,22 +97,50 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         state = load_checkpoint(checkpoint, captioner, cfg.train.stage, optimizer, scheduler)
         step = state.pop("step")
         log.info("resumed from %s (step %d, epoch %d, batch %d)", checkpoint, step, state["epoch"], state["batch"])
-        _truncate_metrics(out / "metrics.jsonl", step)
+        if accelerator.is_main_process:
+            _truncate_metrics(out / "metrics.jsonl", step)
     elif accelerator.is_main_process:
-        (out / "metrics.jsonl").write_text("", encoding="utf-8")
+        write_text(out / "metrics.jsonl", "")
 
     fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val_set, state, step, total_steps,
         config_yaml, progress)
     return out
 
 
+RUN_ENTRIES = ("config.yaml", "train.log", "metrics.jsonl")  # what marks a folder as a vcap run
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Whether ``out`` may hold this run (raises OutputError if not); True when an earlier run there
+    must first be moved aside (``overwrite``). Reads only."""
+    from .checkpoint import checkpoint_dirs
+
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise OutputError(f"train.out_dir {out} is a file; give a folder")
+    entries = list(out.iterdir())
+    if not entries:
+        return False
+    is_run = any((out / name).exists() for name in RUN_ENTRIES) or bool(checkpoint_dirs(out))
+    if not is_run:
+        raise OutputError(f"train.out_dir {out} is not empty and holds no vcap run; vcap does not write into "
+                          f"other folders: choose a new train.out_dir")
+    if resume:
+        return False
+    if overwrite:
+        return True
+    raise OutputError(f"train.out_dir {out} already holds a run; continue it with --resume, move it aside with "
+                      f"--overwrite, or choose another train.out_dir")
+
+
 # -- build ----------------------------------------------------------------------------------------------
 
-def build_for_training(cfg: RunConfig):
+def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
     """The captioner with the stage's trainable parameters (and LoRA / 4-bit base weights)."""
     from .model import build_captioner
 
-    captioner = build_captioner(cfg.model, base=None, dtype=torch.float32)
+    captioner = build_captioner(cfg.model, base=None, dtype=torch.float32, access=access)
     captioner.requires_grad_(False)
     captioner.projector.requires_grad_(not cfg.data.text_only)
     stage = cfg.train.stage
@@ -114,7 +162,7 @@ def build_for_training(cfg: RunConfig):
 
         source = latest_checkpoint(cfg.train.init_from)
         if source is None:
-            raise FileNotFoundError(f"train.init_from: no checkpoint in {cfg.train.init_from}")
+            raise ConfigError(f"train.init_from: no checkpoint in {cfg.train.init_from}")
         load_trainable_weights(source, captioner, stage)  # what the source holds: projector, adapter or LM
         log.info("initialised trainable weights from %s", source)
     captioner.train()
@@ -166,7 +214,7 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool):
     log.info("training samples: %d (%d videos skipped); validation samples: %d",
              len(train_set), len(failed), len(val_set) if val_set else 0)
     if len(train_set) == 0:
-        raise RuntimeError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
+        raise UsageError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
     return train_set, val_set
 
 
@@ -210,17 +258,17 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank
 
 def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val_set, state, step, total_steps,
         config_yaml, progress) -> None:
-    from tqdm import tqdm
-
     from .checkpoint import save_checkpoint
     from .data import collate
+    from .progress import progress_bar
 
     t = cfg.train
     out = Path(t.out_dir)
     pad = captioner.tokenizer.pad_id
     writer = _tensorboard(out) if t.tensorboard and accelerator.is_main_process else None
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {t.stage}", unit="step",
-               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total_steps, f"train {t.stage}", "step", enabled=progress and accelerator.is_main_process,
+                       initial=step)
+    projector_trains = any(p.requires_grad for p in captioner.projector.parameters())
     micro, window_loss, window_samples, window_start = 0, 0.0, 0, time.perf_counter()
     model.train()
     done = step >= total_steps
@@ -247,7 +295,7 @@ def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val
                 continue
             if t.max_grad_norm:
                 accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
+            lr = scheduled_lr(cfg, scheduler)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -257,16 +305,19 @@ def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val
             record = {"step": step, "epoch": epoch, "loss": window_loss / window_samples, "lr": lr,
                       "samples_per_s": window_samples / max(elapsed, 1e-9)}
             window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+            if t.projector_lr is not None and projector_trains:
+                record["projector_lr"] = scheduler.get_last_lr()[0]  # the projector's group comes first
             if accelerator.is_main_process:
                 with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json_line(record))
                 if writer is not None:
                     for key in ("loss", "lr", "samples_per_s"):
                         writer.add_scalar(f"train/{key}", record[key], step)
                 if step % t.log_every == 0 or step == 1:
                     log.info("step %d epoch %d loss %.4f lr %.2e %.1f samples/s", step, epoch, record["loss"], lr,
                              record["samples_per_s"])
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{record['samples_per_s']:.1f}")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{record['samples_per_s']:.1f}",
+                            refresh=False)
             bar.update(1)
             position = {"epoch": epoch, "batch": b + 1} if b + 1 < len(batches) else {"epoch": epoch + 1, "batch": 0}
             done = step >= total_steps
@@ -277,7 +328,7 @@ def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val
                 if accelerator.is_main_process:
                     log.info("step %d validation loss %.4f", step, val)
                     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+                        f.write(json_line({"step": step, "val_loss": val}))
                     if writer is not None:
                         writer.add_scalar("val/loss", val, step)
                 model.train()
@@ -309,6 +360,12 @@ def evaluate_loss(model, captioner, dataset, batch_size: int, accelerator) -> fl
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
+def scheduled_lr(cfg: RunConfig, scheduler) -> float:
+    """``train.lr`` as the schedule has it now (the language model's group, or the projector's
+    scaled to ``train.lr`` when only the projector trains)."""
+    return cfg.train.lr * scheduler.get_last_lr()[-1] / scheduler.base_lrs[-1]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -324,7 +381,7 @@ def dump_config(cfg: RunConfig) -> str:
 
 def _check_same_run(checkpoint: Path, cfg: RunConfig) -> None:
     """--resume continues the same run: the model it builds and the data it reads must not change."""
-    saved = config_to_dict(load_config(checkpoint / "config.yaml"))
+    saved = config_to_dict(absolute_paths(load_config(checkpoint / "config.yaml")))
     current = config_to_dict(cfg)
     for section in ("model", "data"):
         for key in sorted(set(saved[section]) | set(current[section])):
@@ -336,14 +393,12 @@ def _check_same_run(checkpoint: Path, cfg: RunConfig) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    from .config import write_text
+    """Drop metric lines written after the checkpoint we resume from (they will be redone), and a
+    last line torn by a kill, as the caption journal does."""
+    from .outputs import read_jsonl, write_jsonl
 
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    write_text(path, "".join(line + "\n" for line in keep))
+    records = read_jsonl(path, lambda r: isinstance(r, dict) and "step" in r, "step", "metrics file")
+    write_jsonl(path, [r for r in records if r["step"] <= step])
 
 
 def _setup_logging(out: Path, main: bool) -> None:
@@ -377,19 +432,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config values, e.g. train.lr=2e-4 train.out_dir=runs/x")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train.out_dir holds an earlier run: move it aside (to OUT_DIR.old-TIME) and start over")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="fetch base weights from the Hugging Face hub if they are not cached (off: offline)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"vcap train: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = train(cfg, resume=args.resume, progress=not args.quiet)
-    except ConfigError as e:
-        print(f"vcap train: {e}", file=sys.stderr)
-        return 2
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in train.out_dir and --overwrite moves it aside: choose one")
+    cfg = load_config(args.config, args.overrides)
+    out = train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
+                access=Access(allow_downloads=args.allow_downloads))
     print(f"run folder: {out}")
     return 0

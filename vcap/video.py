@@ -229,12 +229,21 @@ class _DecordReader:
             if native is not None:
                 width, height = output_size(*native, size)
         self.resize_after = size if size is not None and width < 0 else None
+        name, fd = str(path), None
         try:
-            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8: decord cannot take it, so open it by descriptor
+            fd = os.open(path, os.O_RDONLY)
+            name = f"/proc/self/fd/{fd}"
+        try:
+            self.reader = decord.VideoReader(name, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
             n = len(self.reader)
             fps = float(self.reader.get_avg_fps())
         except Exception as e:  # RuntimeError, DECORDError, AssertionError (zero frames)
             raise _CannotOpen(_reason(e)) from None
+        finally:
+            if fd is not None:
+                os.close(fd)  # decord opened the file itself
         if n <= 0 or not fps > 0:
             raise _CannotOpen("no video frames")
         self.info = VideoInfo(n, fps, width, height)

@@ -11,7 +11,16 @@
   blocks; a ModifiedResNet's (open_clip's ``RN50`` family) are its stem and its four stages,
   whose (C, H, W) feature map becomes H*W tokens of width C.
 - ``use_cls_token`` keeps a ViT's class token in front of the patch tokens.
+- ``model_overrides`` changes the architecture of a built-in open_clip model (a tiny tower for
+  tests). Only the keys in :data:`ALLOWED_OVERRIDES` are accepted, with plain values: they shape
+  the network and nothing else (no file paths, no downloads, no loader options). Any other key is
+  an error naming it.
 - Frozen by default (eval mode, no gradients).
+
+Only the image tower is built (the text tower is a stub), so a model whose text side lives on the
+hub builds offline. ``model_name`` is one of open_clip's built-in models; open_clip's ``hf-hub:``
+and ``local-dir:`` schemes fetch configs and weights, so they need downloads allowed (see
+``vcap/security.py``), as does a tag that is not in the local Hugging Face cache.
 
 ``preprocess`` applies the preprocessing open_clip returns with the model (resize of the shorter
 side with its interpolation, centre crop, mean/std) to a batch of uint8 frames with tensor ops.
@@ -33,9 +42,59 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UsageError
+from .security import OFFLINE, Access
 
-class VisionLoadError(RuntimeError):
+
+class VisionLoadError(UsageError, RuntimeError):
     """Vision weights that cannot be found or read (says what to do)."""
+
+
+# open_clip model_cfg keys a config may override: each shapes the network and nothing else.
+# Left out on purpose: anything naming a file, a hub model or a module (timm_*, hf_*,
+# tokenizer_*, pretrained paths), loader options (weights_only, cache_dir) and free-form kwargs.
+ALLOWED_OVERRIDES: dict[str, frozenset[str] | None] = {
+    "embed_dim": None,
+    "quick_gelu": None,
+    "vision_cfg": frozenset({
+        "layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value",
+        "patch_dropout", "attentional_pool", "attn_pooler_queries", "attn_pooler_heads", "no_ln_pre",
+        "pos_embed_type", "final_ln_after_pool", "pool_type", "block_type", "qk_norm", "scaled_cosine_attn",
+        "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"}),
+    # accepted for configs written before only the image tower was built; not used
+    "text_cfg": frozenset({"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+                           "embed_cls", "pad_id", "no_causal_mask", "final_ln_after_pool", "pool_type", "proj_bias",
+                           "proj_type"}),
+}
+TEXT_STUB = {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1, "layers": 1}  # never run
+HUB_SCHEMES = ("hf-hub:", "local-dir:")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Raise ValueError naming the first key of ``model_overrides`` that is not allowed."""
+    for key, value in overrides.items():
+        if key not in ALLOWED_OVERRIDES:
+            raise ValueError(f"vision.model_overrides.{key} is not allowed; allowed: {', '.join(ALLOWED_OVERRIDES)}")
+        inner = ALLOWED_OVERRIDES[key]
+        if inner is None:
+            if not _plain(value):
+                raise ValueError(f"vision.model_overrides.{key} must be a number or a flag, got {value!r}")
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"vision.model_overrides.{key} must be a mapping, got {value!r}")
+        for name, item in value.items():
+            if name not in inner:
+                raise ValueError(f"vision.model_overrides.{key}.{name} is not allowed (only keys that shape the "
+                                 f"network: {', '.join(sorted(inner))})")
+            if not _plain(item):
+                raise ValueError(f"vision.model_overrides.{key}.{name} must be a number, a flag, a word or a list "
+                                 f"of numbers, got {item!r}")
 
 
 @dataclass
@@ -45,18 +104,24 @@ class VisionConfig:
     seed: int = 0  # random weights are drawn from this seed: the same config is the same encoder
     feature_layer: int = -2  # which block's output: -1 last, -2 second to last (LLaVA)
     use_cls_token: bool = False
-    download: bool = False  # allow fetching a tag's weights from the Hugging Face hub
-    model_overrides: dict[str, Any] | None = None  # open_clip model_cfg keys (e.g. a tiny vision_cfg)
+    download: bool = False  # kept so that older captioner.json files load; only the caller allows downloads
+    model_overrides: dict[str, Any] | None = None  # architecture keys of open_clip's model_cfg (ALLOWED_OVERRIDES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError("vision.model_name must be an open_clip model name, e.g. 'ViT-B-32'")
         if not isinstance(self.feature_layer, int) or self.feature_layer == 0:
             raise ValueError(f"vision.feature_layer must be a non-zero block index (-1 last), got {self.feature_layer!r}")
+        if self.download:
+            raise ValueError("vision.download: a config cannot allow downloads; the caller does "
+                             "(--allow-downloads on the command line, allow_downloads=True in Python)")
+        if self.model_overrides:
+            check_overrides(self.model_overrides)
 
 
 def resolve_pretrained(model_name: str, pretrained: str, download: bool = False) -> Path:
-    """A local safetensors file for a tag or path; fails fast (offline) with instructions."""
+    """A local safetensors file for a tag or path; fails fast (offline) with instructions. A tag
+    is read from the local Hugging Face cache, and fetched only with ``download=True``."""
     path = Path(pretrained).expanduser()
     if path.suffix or os.sep in pretrained:
         if not path.exists():
@@ -85,33 +150,43 @@ def resolve_pretrained(model_name: str, pretrained: str, download: bool = False)
         raise VisionLoadError(
             f"open_clip weights {model_name}/{pretrained} are not in the local Hugging Face cache, and vcap does "
             f"not download by default.\nDownload them once, e.g.\n"
-            f"  huggingface-cli download {repo} open_clip_model.safetensors --local-dir ./{repo.split('/')[-1]}\n"
-            f"then pass pretrained='./{repo.split('/')[-1]}/open_clip_model.safetensors' (or allow download=True)."
+            f"  hf download {repo} open_clip_model.safetensors --local-dir ./{repo.split('/')[-1]}\n"
+            f"then pass pretrained='./{repo.split('/')[-1]}/open_clip_model.safetensors', or allow downloads "
+            f"(--allow-downloads on the command line, allow_downloads=True in Python)."
         ) from None
 
 
 class VisionEncoder(nn.Module):
     """open_clip image tower -> patch tokens (N, P, Dv), frozen."""
 
-    def __init__(self, config: VisionConfig, freeze: bool = True) -> None:
+    def __init__(self, config: VisionConfig, freeze: bool = True, access: Access = OFFLINE) -> None:
         super().__init__()
         import open_clip
         from open_clip.modified_resnet import ModifiedResNet
 
         self.config = config
+        if config.model_name.startswith(HUB_SCHEMES):
+            access.check_download(f"vision.model_name {config.model_name!r}",
+                                  "Use one of open_clip's built-in model names (open_clip.list_models()) with "
+                                  "pretrained= a local .safetensors file,")
+        elif config.model_name not in open_clip.list_models():
+            raise VisionLoadError(f"vision.model_name {config.model_name!r} is not an open_clip model "
+                                  f"(see open_clip.list_models(), e.g. ViT-B-32, ViT-L-14, RN50)")
         quick_gelu = False
         weights: Path | None = None
         if config.pretrained:
-            weights = resolve_pretrained(config.model_name, config.pretrained, config.download)
+            weights = resolve_pretrained(config.model_name, config.pretrained, access.allow_downloads)
             if not Path(config.pretrained).suffix:
                 quick_gelu = bool(open_clip.get_pretrained_cfg(config.model_name, config.pretrained).get("quick_gelu"))
+        self.weights_file = weights
         quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
         logging.getLogger().addFilter(quiet)
         try:
             with torch.random.fork_rng(devices=[]):  # reproducible random weights; the caller's RNG untouched
                 torch.manual_seed(config.seed)
-                model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu,
-                                               **_model_overrides(config))
+                model = open_clip.create_model(config.model_name, pretrained=None, load_weights=False,
+                                               pretrained_image=False, pretrained_text=False,
+                                               force_quick_gelu=quick_gelu, **_model_overrides(config))
         except RuntimeError as e:
             raise VisionLoadError(f"open_clip cannot build {config.model_name!r}: {e}") from None
         finally:
@@ -169,17 +244,10 @@ class VisionEncoder(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load weights written by :meth:`weights` (strict: every key, every shape)."""
-        from safetensors.torch import load_file
+        from qwen3_backbone.weights import load_state_strict, read_safetensors
 
-        try:
-            state = load_file(str(path))
-        except Exception as e:
-            raise VisionLoadError(f"{path}: not a readable safetensors file ({e})") from None
-        missing, unexpected = self.visual.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            key = (missing or unexpected)[0]
-            raise VisionLoadError(f"{path}: {'missing' if missing else 'unexpected'} vision weight {key!r} "
-                                  f"(saved for another vision model or feature_layer?)")
+        load_state_strict(self.visual, read_safetensors(path), path,
+                          "vision weights saved for another vision model or feature_layer?")
 
     def train(self, mode: bool = True) -> VisionEncoder:
         # a frozen encoder stays in eval mode even inside a model put in training mode
@@ -247,31 +315,22 @@ class _DropMessage(logging.Filter):
 
 
 def _model_overrides(config: VisionConfig) -> dict[str, Any]:
-    """open_clip model_cfg sections to replace: the built-in config updated with the overrides."""
+    """The keyword arguments passed to open_clip's model: the allowed overrides merged into the
+    built-in config's sections, and a stub text tower (only the image tower is used)."""
     import open_clip
 
-    if not config.model_overrides:
-        return {}
-    base = open_clip.get_model_config(config.model_name)
-    if base is None:
-        raise VisionLoadError(f"unknown open_clip model {config.model_name!r}")
-    return {key: {**base.get(key, {}), **value} if isinstance(value, dict) else value
-            for key, value in config.model_overrides.items()}
+    overrides = dict(config.model_overrides or {})
+    overrides.pop("text_cfg", None)
+    base = open_clip.get_model_config(config.model_name) or {}
+    kwargs = {key: {**base.get(key, {}), **value} if isinstance(value, dict) else value
+              for key, value in overrides.items()}
+    return {**kwargs, "text_cfg": dict(TEXT_STUB)}
 
 
 def _load_safetensors(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
+    from qwen3_backbone.weights import load_state_strict, read_safetensors
 
-    try:
-        state = load_file(str(path))
-    except Exception as e:
-        raise VisionLoadError(f"{path}: not a readable safetensors file ({e})") from None
+    state = read_safetensors(path)
     if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: keep the image tower
-        state = {k: v for k, v in state.items() if k.startswith("visual.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k.startswith("visual.")]
-    else:  # an image tower exported on its own
-        missing, unexpected = model.visual.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        raise VisionLoadError(f"{path}: {'missing' if missing else 'unexpected'} vision weight {key!r}")
+        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    load_state_strict(model.visual, state, path, "weights for another open_clip model?")

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import CaptionerConfig, write_bytes
+from .config import CaptionerConfig
+from .outputs import write_bytes
 from .data import read_manifest
 from .video import VideoReadError, read_frames
 from .vision import VisionEncoder

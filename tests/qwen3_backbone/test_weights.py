@@ -118,7 +118,7 @@ def test_uncached_hub_id_fails_fast_with_instructions():
     with pytest.raises(FileNotFoundError, match="local directory") as err:
         load_pretrained("vcap-tests/not-a-cached-model")
     assert time.perf_counter() - start < 5
-    assert "huggingface-cli download vcap-tests/not-a-cached-model --local-dir" in str(err.value)
+    assert "hf download vcap-tests/not-a-cached-model --local-dir" in str(err.value)
 
 
 def test_missing_local_directory_is_named(tmp_path):

@@ -94,12 +94,12 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
 EXPECTED_REASON = {
     "missing": "file not found",
     "zero_bytes": "file is empty",
-    "not_a_video": "",
-    "truncated": "",
+    "not_a_video": "not a readable video",
+    "truncated": "not a readable video",  # the index (moov, at the end) is cut off
     "truncated_after_header": "truncated or corrupt",
     "corrupt_middle": "truncated or corrupt",
     "audio_only": "no video",
-    "no_frames": "",
+    "no_frames": "no video",  # "no video stream" or "no video frames", by backend
     "directory": "not a regular file",
 }
 
