@@ -8,9 +8,10 @@
 - :func:`short_name`: a file name cut to the file system's limit, with a hash of the whole name,
   for names derived from a user's file (subtitles, temporary files).
 
-``tempfile`` makes private files (0600) and folders (0700); whatever is renamed into place here
-gets the mode the process's umask gives a new file or folder (0644 / 0755 under umask 022), so
-another account (a web service, a colleague) can read an exported model.
+``tempfile`` makes private files (0600) and folders (0700), and so do some writers of other
+libraries (safetensors' ``save_file``); whatever is renamed into place here gets the mode the
+process's umask gives a new file or folder (0644 / 0755 under umask 022), everything inside an
+atomic folder included, so another account (a web service, a colleague) can read an exported model.
 
 Every package of the project writes through this module (it sits at the bottom of the import
 order: ``qwen3_backbone`` <- ``projector`` <- ``vcap``).
@@ -122,8 +123,8 @@ def atomic_folder(out: str | os.PathLike, prefix: str | None = None, replace: bo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=prefix or f"{_temp_prefix(out.name)}tmp-", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
+        _set_modes(tmp)
         old = None
         if out.exists() and not is_empty_folder(out):
             old = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out.name)}old-", dir=out.parent))
@@ -139,3 +140,16 @@ def atomic_folder(out: str | os.PathLike, prefix: str | None = None, replace: bo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _set_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain mkdir / open would (the umask's)."""
+    mask = umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, names in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)

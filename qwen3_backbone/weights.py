@@ -54,7 +54,10 @@ def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = False) ->
                 f"then use ./{name.split('/')[-1]}; or allow downloads explicitly (download=True here; "
                 f"vcap: --allow-downloads)."
             ) from cached_error
-    return Path(snapshot_download(name, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:  # no network, an unknown repository, a gated model
+        raise FileNotFoundError(f"could not download {name} from the Hugging Face hub: {e}") from e
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -233,11 +233,14 @@ def make_dataset(
     combinations training never shows, the rest are new clips of seen combinations. Existing
     clips are kept (a rerun only writes what is missing).
     """
-    from tqdm import tqdm
-
-    from .outputs import write_jsonl
+    from .outputs import check_output_file, read_jsonl, recognises, write_jsonl
+    from .progress import progress_bar
 
     out = Path(out_dir)
+    for split in ("train", "val", "test"):  # a manifest already there must be one this writes
+        check_output_file(out / f"{split}.jsonl", "synthetic manifest", "--out", is_ours=recognises(
+            lambda path: read_jsonl(path, lambda r: isinstance(r, dict) and "attributes" in r and "video" in r,
+                                    "video", "synthetic manifest")))
     rng = random.Random(seed)
     seen_combos, unseen_combos = split_combinations(seed)
     unseen = set(unseen_combos)
@@ -250,7 +253,7 @@ def make_dataset(
     rng.shuffle(plan["train"])
     manifests = {}
     total = sum(len(v) for v in plan.values())
-    bar = tqdm(total=total, desc="synthetic clips", unit="clip", disable=not progress)
+    bar = progress_bar(total, "synthetic clips", "clip", enabled=progress)
     for split, clips in plan.items():
         lines = []
         for i, attrs in enumerate(clips):
@@ -274,15 +277,17 @@ def make_dataset(
 # -- the `vcap synth` command ------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import non_negative_int, positive_int
+
     parser.add_argument("--out", required=True, help="output folder (clips in train/ val/ test/, plus *.jsonl)")
-    parser.add_argument("--n", type=int, default=200, help="training clips (default 200)")
-    parser.add_argument("--n-val", type=int, default=24, help="validation clips (default 24)")
-    parser.add_argument("--n-test", type=int, default=48,
+    parser.add_argument("--n", type=positive_int, default=200, help="training clips (default 200)")
+    parser.add_argument("--n-val", type=non_negative_int, default=24, help="validation clips (default 24)")
+    parser.add_argument("--n-test", type=non_negative_int, default=48,
                         help="test clips (default 48), half of them attribute combinations training never shows")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=96, help="frame width and height in pixels (default 96)")
-    parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
-    parser.add_argument("--fps", type=int, default=12, help="frames per second (default 12)")
+    parser.add_argument("--size", type=positive_int, default=96, help="frame width and height in pixels (default 96)")
+    parser.add_argument("--frames", type=positive_int, default=24, help="frames per clip (default 24)")
+    parser.add_argument("--fps", type=positive_int, default=12, help="frames per second (default 12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -321,7 +321,7 @@ def _model_overrides(config: VisionConfig) -> dict[str, Any]:
 
     overrides = dict(config.model_overrides or {})
     overrides.pop("text_cfg", None)
-    base = open_clip.get_model_config(config.model_name) or {}
+    base = {} if config.model_name.startswith(HUB_SCHEMES) else open_clip.get_model_config(config.model_name) or {}
     kwargs = {key: {**base.get(key, {}), **value} if isinstance(value, dict) else value
               for key, value in overrides.items()}
     return {**kwargs, "text_cfg": dict(TEXT_STUB)}

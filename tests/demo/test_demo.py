@@ -36,34 +36,42 @@ def clip(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from vcap.model import save_captioner
-
-    folder = tmp_path_factory.mktemp("captioner")
-    save_captioner(tiny_captioner(), folder)
+def start_demo(folder: Path, env: dict[str, str], log_path: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`vcap demo FOLDER` in a subprocess, once it answers on its port."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(folder / "demo.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "vcap", "demo", str(folder), "--port", str(port)],
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", "vcap", "demo", str(folder), "--port", str(port), *options],
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the demo exited: {(folder / 'demo.log').read_text()[-3000:]}")
+            raise RuntimeError(f"the demo exited: {log_path.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url, timeout=2)
-            break
+            return process, url
         except OSError:
             time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError(f"the demo did not answer: {(folder / 'demo.log').read_text()[-3000:]}")
-    yield url, folder
+    process.kill()
+    raise RuntimeError(f"the demo did not answer: {log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def captioner_folder(tmp_path_factory) -> Path:
+    from vcap.model import save_captioner
+
+    folder = tmp_path_factory.mktemp("captioner") / "captioner"
+    save_captioner(tiny_captioner(), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(captioner_folder):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    process, url = start_demo(captioner_folder, env, captioner_folder.parent / "demo.log", "--max-windows", "3")
+    yield url, captioner_folder
     process.terminate()
     process.wait(timeout=30)
-    log.close()
 
 
 def caption_args(video, lang="en"):
@@ -105,19 +113,24 @@ def test_bad_upload_is_an_error_and_the_app_keeps_serving(server, clip, tmp_path
     fake = tmp_path / "notes.mp4"
     fake.write_text("not a video\n" * 100)
     client = Client(url, verbose=False)
-    with pytest.raises(AppError, match="cannot be read as a video"):
+    with pytest.raises(AppError, match="cannot be read as a video") as err:
         client.predict(*caption_args(fake), api_name="/caption")
+    assert "notes.mp4" in str(err.value) and "/tmp" not in str(err.value) and "gradio" not in str(err.value)
     assert client.predict(*caption_args(clip), api_name="/caption")[1]
 
 
-def test_two_concurrent_requests_complete(server, clip):
+def test_two_concurrent_requests_give_the_library_captions(server, clip):
     from gradio_client import Client
 
-    url, _ = server
+    from vcap.model import load_captioner
+
+    url, folder = server
     client = Client(url, verbose=False)
     jobs = [client.submit(*caption_args(clip, lang), api_name="/caption") for lang in ("en", "ko")]
     results = [job.result(timeout=120) for job in jobs]
-    assert all(r[1] for r in results)
+    library = load_captioner(folder)
+    expected = [library.caption(str(clip), lang=lang, max_new_tokens=8)[0].caption for lang in ("en", "ko")]
+    assert [r[1] for r in results] == expected and all(expected)
 
 
 def test_segments_give_a_table_and_srt(server, clip):
@@ -131,6 +144,52 @@ def test_segments_give_a_table_and_srt(server, clip):
     assert [r[:2] for r in rows] == [["00:00.000", "00:01.000"], ["00:01.000", "00:02.000"]]
     subs = list(srt.parse(Path(srt_path).read_text(encoding="utf-8"), ignore_errors=False))
     assert [s.content for s in subs] == [" ".join(r[2].split()) or "..." for r in rows]
+
+
+def test_too_many_windows_are_refused_with_the_cap(server, clip):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, _ = server
+    with pytest.raises(AppError, match="4 windows of 0.5 s; the demo captions at most 3 per video. Choose a window of "
+                                       "at least 0.7 s"):  # the server runs with --max-windows 3; the clip is 2 s
+        Client(url, verbose=False).predict(handle_file(str(clip)), "en", "detailed", "", 0.5, 8, api_name="/segments")
+
+
+def test_upload_limits_take_fractions_of_a_megabyte(tmp_path, clip):
+    from demo.app import DemoError, check_upload
+    from vcap.cli import build_parser
+
+    parser, _ = build_parser("demo")
+    assert parser.parse_args(["--max-upload-mb", "0.5"]).max_upload_mb == 0.5
+    assert check_upload(str(clip), 0.5, 600).duration > 0  # a small clip passes a 0.5 MB limit
+    big = tmp_path / "big.mp4"
+    big.write_bytes(Path(clip).read_bytes() + b"\0" * 600_000)
+    with pytest.raises(DemoError, match="over the 0.5 MB limit"):
+        check_upload(str(big), 0.5, 600)
+
+
+def test_no_network_calls_and_no_temporary_folders_left(captioner_folder, clip, tmp_path):
+    """Without the offline variables the test suite sets: no analytics, no version check, no hub; and
+    the uploads and subtitle files go when the demo stops."""
+    from gradio_client import Client, handle_file
+
+    from ..vcap.test_security import guarded_env
+
+    env = guarded_env(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
+    process, url = start_demo(captioner_folder, env, tmp_path / "demo.log")
+    try:
+        table, srt_path = Client(url, verbose=False).predict(handle_file(str(clip)), "en", "detailed", "", 1.0, 8,
+                                                             api_name="/segments")
+        assert Path(srt_path).is_file() and list(temp.glob("vcap-demo-*"))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert (tmp_path / "net.log").read_text() == "", (tmp_path / "demo.log").read_text()[-2000:]
+    assert not list(temp.glob("vcap-demo-*")), (tmp_path / "demo.log").read_text()[-2000:]
 
 
 def _chromium() -> str | None:

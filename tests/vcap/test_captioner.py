@@ -113,3 +113,31 @@ def test_save_and_load_give_identical_captions(captioner, clips, tmp_path):
     assert [r.caption for r in loaded.caption(clips, lang="en")] == [r.caption for r in captioner.caption(clips, lang="en")]
     with pytest.raises(FileNotFoundError, match="not a captioner folder"):
         load_captioner(tmp_path)
+
+
+@pytest.mark.parametrize("text", [
+    "A red circle moves left.",  # a model that answers without a think block
+    "<think>\nTwo frames, one circle.\n</think>\n\nA red circle moves left.",
+    "Two frames, one circle.</think>\n\nA red circle moves left.",  # a think block opened by the prompt
+    "<think>\nstill thinking when the budget ran out",
+])
+@pytest.mark.parametrize("thinking", [True, False])
+def test_stream_and_whole_caption_agree_on_thinking(captioner, clips, monkeypatch, text, thinking):
+    import vcap.model as model
+
+    ids = captioner.tokenizer.encode(text, parse_special=True) + [captioner.tokenizer.eos_id]
+
+    def scripted(*args, stream=False, **kwargs):  # the model "generates" exactly these ids
+        if stream:
+            return iter(torch.tensor([token]) for token in ids)
+        return torch.tensor([ids])
+
+    monkeypatch.setattr(model, "generate", scripted)
+    whole = captioner.caption(clips[0], lang="en", thinking=thinking)[0]
+    events = list(captioner.caption_stream(clips[0], lang="en", thinking=thinking))
+    streamed = {kind: "".join(e.text for e in events if e.kind == kind) for kind in ("thinking", "caption")}
+    assert (streamed["thinking"], streamed["caption"]) == (whole.thinking, whole.caption)
+    if text.startswith("A red"):  # no think block: all of it is the caption, thinking on or off
+        assert whole.caption == "A red circle moves left." and whole.thinking == ""
+    if text.startswith("<think>\nTwo"):
+        assert whole.thinking == "Two frames, one circle." and whole.caption == "A red circle moves left."

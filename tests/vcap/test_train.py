@@ -150,12 +150,23 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, data):
 
 # -- stages ---------------------------------------------------------------------------------------------
 
-def test_projector_stage_trains_only_the_projector(tmp_path, data):
+def test_projector_stage_trains_only_the_projector(tmp_path, data, monkeypatch):
+    import vcap.train as training
     from vcap.model import build_captioner
-    from vcap.train import train
+    from vcap.train import seed_everything, train
 
+    built = []
+    build = training.build_for_training
+    monkeypatch.setattr(training, "build_for_training", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     cfg = run_cfg(data, tmp_path / "run", stage="projector", epochs=3, lr=3e-3)
     run = train(cfg, progress=False)
+    seed_everything(cfg.train.seed)  # as train() does before it builds: the same random base weights
+    untrained = build_captioner(cfg.model)
+    for part in ("language_model", "vision"):  # frozen: every weight as it was built
+        after, before = getattr(built[0], part).state_dict(), getattr(untrained, part).state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before), part
+    assert any(not torch.equal(a, b) for a, b in zip(built[0].projector.state_dict().values(),
+                                                   untrained.projector.state_dict().values()))
     losses = [m["loss"] for m in metrics(run) if "loss" in m]
     assert len(losses) == 9 and losses[-1] < losses[0]
     assert any("val_loss" in m for m in metrics(run))
