@@ -8,8 +8,10 @@ every parameter filled, with matching shapes; errors name the key. Pickle files 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -87,6 +89,19 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     module.load_state_dict(state, strict=True)
 
 
+@contextlib.contextmanager
+def _open_safetensors(path: Path) -> Iterator:
+    """safetensors' reader for ``path``; a missing or damaged file is a CheckpointError naming it."""
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: weights file not found") from None
+    except Exception as e:  # SafetensorError: a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    with handle as f:
+        yield f
+
+
 def _checkpoint_files(model_dir: Path) -> dict[str, Path]:
     """Map every tensor name to the safetensors file that holds it."""
     index = model_dir / INDEX_FILE
@@ -98,7 +113,7 @@ def _checkpoint_files(model_dir: Path) -> dict[str, Path]:
         return {name: model_dir / file for name, file in weight_map.items()}
     single = model_dir / SINGLE_FILE
     if single.exists():
-        with safe_open(str(single), framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
         raise CheckpointError(f"{model_dir}: only pickle weights (*.bin/*.pt) found; vcap loads safetensors only")
@@ -146,7 +161,7 @@ def load_pretrained(
     for name in needed:
         by_file.setdefault(files[name], []).append(name)
     for file, names in by_file.items():
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        with _open_safetensors(file) as f:
             for name in names:
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != tuple(expected[name].shape):

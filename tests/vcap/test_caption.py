@@ -388,6 +388,16 @@ def test_known_mistakes_are_one_message_and_exit_2(tmp_path, captioner_dir, libr
     assert run_caption(broken, good[0], "--out", tmp_path / "o.jsonl") == 2
     err = capsys.readouterr().err
     assert str(broken / "vision.safetensors") in err and "Traceback" not in err, err
+    shutil.copy(captioner_dir / "vision.safetensors", broken)
+    weights = broken / "language_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short
+    assert run_caption(broken, good[0], "--out", tmp_path / "o.jsonl") == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err, err
+    (broken / "captioner.json").write_text('{"language_model": ')  # not JSON
+    assert run_caption(broken, good[0], "--out", tmp_path / "o.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "captioner.json" in err and "Traceback" not in err, err
 
     def disk_full(self, records):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
