@@ -281,6 +281,8 @@ class VideoCaptioner(nn.Module):
     def _generate(self, ids, mask, embeds, thinking, thinking_budget_tokens, max_new_tokens, sampling, seed, stream,
                   **sampling_overrides):
         """The one call into qwen3_backbone.generate that every captioning path makes."""
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         budget = None
         if thinking and thinking_budget_tokens is not None:
             budget = thinking_budget(self.tokenizer, thinking_budget_tokens)

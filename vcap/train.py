@@ -69,7 +69,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if move_aside:
-            aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = next(p for n in itertools.count() if not (p := out.with_name(
+                f"{out.name}.old-{stamp}" + (f"-{n}" if n else ""))).exists())
             out.rename(aside)
             print(f"vcap train: moved the earlier run in {out} to {aside}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
