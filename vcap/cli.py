@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse printed the problem (or --help)
         return int(e.code or 0)
     # a real command line (argv None) keeps ignoring Ctrl-C once interrupted, until the process exits
-    return run_command(name, run, args, exiting=argv_given is False)
+    return run_command(name, run, args, exiting=not argv_given)
 
 
 def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,

@@ -108,7 +108,7 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
         train_loss = [m["loss"] for m in losses if "loss" in m]
         val_loss = [m["val_loss"] for m in losses if "val_loss" in m]
         say(f"  loss {train_loss[0]:.3f} -> {train_loss[-1]:.3f}" + (f", validation {val_loss[-1]:.3f}" if val_loss else ""))
-    captioner_dir = export(cfg.train.out_dir, out / "captioner")
+    captioner_dir = export(cfg.train.out_dir, out / "captioner", overwrite=True)  # the quickstart's own folder
     say(f"exported the merged captioner -> {captioner_dir}")
     captioner = load_captioner(captioner_dir)
     report = evaluate(captioner, manifests["test"], out / "test_captions.jsonl", batch_size=16, progress=progress,

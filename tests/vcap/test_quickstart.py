@@ -48,3 +48,36 @@ def test_a_new_tower_starts_the_stages_that_read_its_features_over(tmp_path, mon
     projector.mkdir()
     assert not pretrain_tower(cfgs, tmp_path / "train.jsonl", say=lambda _: None)  # there already: a rerun keeps it
     assert projector.exists() and len(calls) == 1
+
+
+def test_a_rerun_replaces_its_own_captioner(tmp_path, monkeypatch):
+    """The quickstart exports into OUT/captioner on every run; the second export must be allowed."""
+    import vcap.evaluate
+    import vcap.export
+    import vcap.model
+    import vcap.quickstart as quickstart
+    import vcap.synthetic
+    import vcap.train
+
+    exports = []
+    monkeypatch.setattr(vcap.synthetic, "make_dataset", lambda out, **kw: {s: tmp_path / f"{s}.jsonl" for s in
+                                                                           ("train", "val", "test")})
+    monkeypatch.setattr(quickstart, "pretrain_tower", lambda *a, **k: False)
+
+    def fake_train(cfg, resume, progress):
+        Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.train.out_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+
+    monkeypatch.setattr(vcap.train, "train", fake_train)
+    monkeypatch.setattr(vcap.export, "export", lambda run, out, **kw: exports.append(kw) or Path(out))
+    monkeypatch.setattr(vcap.model, "load_captioner", lambda folder: None)
+
+    def fake_evaluate(captioner, manifest, out, **kw):
+        Path(out).write_text('{"video": "a.mp4", "lang": "en", "status": "ok", "caption": "x", "references": ["x"]}\n')
+        return {"manifest": str(manifest), "captions": 1, "errors": 0,
+                **{lang: {"n": 1, "attribute_accuracy": 1.0, "attribute_accuracy_unseen": 1.0} for lang in ("ko", "en")}}
+
+    monkeypatch.setattr(vcap.evaluate, "evaluate", fake_evaluate)
+    for _ in range(2):
+        quickstart.quickstart(tmp_path / "qs", progress=False)
+    assert exports == [{"overwrite": True}] * 2
