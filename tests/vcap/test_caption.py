@@ -168,6 +168,15 @@ def test_segments_write_valid_srt_and_vtt(tmp_path, captioner_dir):
     assert Path(record["srt"]).parent == tmp_path / "seg.subtitles"
 
 
+def comparable(record: dict) -> dict:
+    """A record without what may differ between two runs of the same work: the timings, and the
+    decoder's own words after the reason (decord's threaded decoder words a corrupt packet two ways)."""
+    same = {k: v for k, v in record.items() if k != "timings"}
+    if "error" in same:
+        same["error"] = same["error"].split(" (")[0]
+    return same
+
+
 # -- crashes -----------------------------------------------------------------------------------------------
 
 WRAPPER = """
@@ -211,8 +220,7 @@ def test_kill_9_then_rerun_completes_the_set(tmp_path, captioner_dir, library):
     assert not data.endswith(b"\n")  # the kill tore the last line
     assert run_caption(*args, "--out", killed) == 1
     assert killed.read_bytes().endswith(b"\n")
-    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
-    assert [strip(r) for r in read_records(killed)] == [strip(r) for r in read_records(whole)]
+    assert [comparable(r) for r in read_records(killed)] == [comparable(r) for r in read_records(whole)]
 
 
 def test_ctrl_c_finishes_the_batch_and_exits_130(tmp_path, captioner_dir, library):
@@ -250,8 +258,7 @@ def test_several_processes_shard_and_merge_in_input_order(tmp_path, captioner_di
                             text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # the bad files failed, in both processes
     assert result.stderr.count("done ") == 2  # each process captioned its share
-    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
-    assert [strip(r) for r in read_records(sharded)] == [strip(r) for r in read_records(single)]
+    assert [comparable(r) for r in read_records(sharded)] == [comparable(r) for r in read_records(single)]
     assert not list(tmp_path.glob("sharded.jsonl.part-*"))
 
 
