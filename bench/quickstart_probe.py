@@ -3,7 +3,7 @@
 The quickstart's captions must state six attributes of each clip. This script asks, for each
 attribute, how well a small supervised reader trained on the same 400 training clips can recover
 it from the frozen vision features the captioner is given, on the held-out test clips, for two
-towers of the quickstart's architecture (configs/quickstart-2-lora.yaml): the tower at its random
+towers of the quickstart's architecture (vcap/recipes/configs/quickstart-2-lora.yaml): the tower at its random
 initial weights, and the tower after the quickstart's caption-word pre-training (the run's
 vision/vision.safetensors). The reader is stronger than what the projector + LoRA learn in the
 quickstart (a per-token MLP, one transformer layer over all the video's tokens, mean pool,
@@ -38,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    from vcap.quickstart import configs_dir, stage_config
+    from vcap.recipes.quickstart import configs_dir, stage_config
 
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -76,7 +76,7 @@ def load_split(manifest: Path, frames_cfg):
     import torch
 
     from vcap.data import read_manifest
-    from vcap.synthetic import ClipAttributes
+    from vcap.recipes.synthetic import ClipAttributes
     from vcap.video import read_frames
 
     samples = [s for s in read_manifest(manifest) if s.lang == "en"]

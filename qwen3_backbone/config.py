@@ -8,7 +8,6 @@ including YaRN ``rope_scaling`` and the transformers-5 ``rope_parameters`` form.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -219,9 +218,6 @@ class Qwen3Config:
                 mlp_only_layers=list(self.mlp_only_layers),
             )
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     # -- size -----------------------------------------------------------------------------------
     def num_parameters(self, active: bool = False) -> int:

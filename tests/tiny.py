@@ -44,7 +44,7 @@ def tiny_config(**overrides) -> CaptionerConfig:
 
 def tiny_captioner(seed: int = 0, std: float = 0.15, **overrides):
     """Random weights with a large std, so greedy outputs are peaked (no near-ties) and varied."""
-    from vcap.model import build_captioner
+    from vcap.builder import build_captioner
 
     torch.manual_seed(seed)
     captioner = build_captioner(tiny_config(**overrides))

@@ -20,19 +20,19 @@ torchvision_fix.apply()
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_captioner": "vcap.model",
-    "save_captioner": "vcap.model",
-    "build_captioner": "vcap.model",
+    "load_captioner": "vcap.builder",
+    "save_captioner": "vcap.builder",
+    "build_captioner": "vcap.builder",
     "VideoCaptioner": "vcap.model",
-    "Captioner": "vcap.model",
     "CaptionResult": "vcap.model",
     "CaptionEvent": "vcap.model",
+    "GenerationOptions": "vcap.generation",
+    "VideoProcessor": "vcap.processor",
     "CaptionerConfig": "vcap.config",
     "FramesConfig": "vcap.config",
     "VisionConfig": "vcap.vision",
     "VisionEncoder": "vcap.vision",
     "read_frames": "vcap.video",
-    "read_segment": "vcap.video",
     "Frames": "vcap.video",
     "VideoReadError": "vcap.video",
 }
@@ -41,8 +41,11 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import CaptionerConfig, FramesConfig
-    from .model import CaptionEvent, CaptionResult, VideoCaptioner, build_captioner, load_captioner, save_captioner
-    from .video import Frames, VideoReadError, read_frames, read_segment
+    from .builder import build_captioner, load_captioner, save_captioner
+    from .generation import GenerationOptions
+    from .model import CaptionEvent, CaptionResult, VideoCaptioner
+    from .processor import VideoProcessor
+    from .video import Frames, VideoReadError, read_frames
     from .vision import VisionConfig, VisionEncoder
 
 
@@ -51,5 +54,5 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        return getattr(module, "VideoCaptioner" if name == "Captioner" else name)
+        return getattr(module, name)
     raise AttributeError(f"module 'vcap' has no attribute {name!r}")

@@ -56,6 +56,7 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     captioner,
+    *,
     stage: str,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -73,7 +74,7 @@ def save_checkpoint(
         if stage == "lora":
             captioner.language_model.save_pretrained(str(tmp / "adapter"))
         elif stage == "full":
-            save_pretrained(captioner.lm, tmp / "language_model")
+            save_pretrained(captioner.backbone, tmp / "language_model")
         _save_optimizer(optimizer, tmp)
         _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")  # the folder is renamed into place whole
@@ -98,9 +99,8 @@ def load_checkpoint(
 
 def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
     """The projector, plus the adapter (lora) or the language model (full) of a checkpoint."""
-    from safetensors.torch import load_file
-
     from projector import load_projector
+    from qwen3_backbone.weights import load_state_strict, read_safetensors
 
     source = load_projector(checkpoint / "projector")
     captioner.projector.load_state_dict(source.state_dict())
@@ -109,10 +109,10 @@ def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
 
         load_adapter_weights(captioner.language_model, checkpoint / "adapter")
     elif stage == "full" and (checkpoint / "language_model").exists():
-        weights = load_file(str(checkpoint / "language_model" / "model.safetensors"))
-        if captioner.lm.config.tie_word_embeddings:
+        weights = read_safetensors(checkpoint / "language_model" / "model.safetensors")
+        if captioner.backbone.config.tie_word_embeddings:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        captioner.lm.load_state_dict(weights, strict=True)
+        load_state_strict(captioner.backbone, weights, checkpoint / "language_model")
 
 
 # -- optimizer state as safetensors + JSON -----------------------------------------------------------

@@ -32,14 +32,20 @@ EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 # name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("vcap.quickstart", "synthetic clips -> three training stages -> export -> evaluation, offline (make quickstart)"),
+    "quickstart": ("vcap.recipes.quickstart", "synthetic clips -> three training stages -> export -> evaluation, offline (make quickstart)"),
     "train": ("vcap.train", "train the projector, LoRA adapters or the whole language model from a YAML config"),
-    "caption": ("vcap.caption", "caption videos, folders, globs or manifests into JSONL/CSV (resumable; SRT/WebVTT with --segments)"),
+    "caption": ("vcap.caption.command", "caption videos, folders, globs or manifests into JSONL/CSV (resumable; SRT/WebVTT with --segments)"),
     "eval": ("vcap.evaluate", "caption a manifest's videos and report BLEU-4, ROUGE-L, CIDEr-D"),
     "export": ("vcap.export", "merge a run's LoRA adapter and write a self-contained captioner folder"),
-    "synth": ("vcap.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
+    "synth": ("vcap.recipes.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
     # the web demo lives in demo/ (UI code on top of vcap), imported only when `vcap demo` runs
     "demo": ("demo.app", "start the Gradio web demo (binds 127.0.0.1 unless --host says otherwise)"),
+}
+
+# judges `vcap eval --judge NAME` can use (see vcap.evaluate.Judge), named by "module:function" and
+# imported only when chosen: the core library never imports the recipes they come from
+JUDGES: dict[str, str] = {
+    "synthetic-attributes": "vcap.recipes.synthetic:judge_attributes",
 }
 
 EXIT_CODES = """exit codes: 0 done; 1 the work ran but some inputs failed (vcap caption, vcap eval) or a target was
@@ -48,10 +54,16 @@ missed (vcap quickstart); 2 a usage error (the message says what to fix); 130 in
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: vcap COMMAND [options]   (vcap COMMAND --help for a command's options)", "",
+    lines = ["usage: vcap COMMAND [options]   (vcap COMMAND --help for a command's options)", "",
              "Video captioning (Korean and English) with open_clip, a projector and Qwen3.", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     return "\n".join(lines + ["", EXIT_CODES, ""])
+
+
+def load_judge(name: str) -> Callable:
+    """The judge function registered as ``name`` in :data:`JUDGES`."""
+    module, function = JUDGES[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def build_parser(name: str) -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]:

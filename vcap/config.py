@@ -1,26 +1,21 @@
-"""Configuration: dataclasses with validation; YAML/JSON files are only instances of them.
+"""Configuration schemas: dataclasses validated in ``__post_init__``; YAML/JSON files are only
+instances of them (``vcap/config_io.py`` reads, converts and overrides them).
 
-``config_from_dict(cls, data)`` builds a (nested) dataclass from a dict: an unknown key or a value
-of the wrong type is an error naming its full key path (``train.lr``). ``apply_overrides``
-applies command-line ``key=value`` pairs (values parsed as YAML scalars). ``load_config`` reads a
-YAML file into a :class:`RunConfig`; ``save_config`` writes the resolved config with a run.
+- :class:`CaptionerConfig` (with :class:`FramesConfig` and ``vcap.vision.VisionConfig``): what a
+  captioner is made of, as saved in ``captioner.json``;
+- :class:`RunConfig` = :class:`CaptionerConfig` + :class:`DataConfig` + :class:`TrainConfig`:
+  a training run, as written in ``configs/*.yaml``.
+
+Every check lives in the class it checks, so no caller can forget one; an error names the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import UsageError
 from .vision import VisionConfig
-
-T = TypeVar("T")
 
 DEFAULT_INSTRUCTIONS = {
     "ko": "이 영상을 한국어로 자세히 묘사해 주세요.",
@@ -93,136 +88,6 @@ class CaptionerConfig:
             raise ConfigError(f"instructions.{missing[0]} is missing (a default prompt per language: ko, en)")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-# -- generic dict <-> dataclass ---------------------------------------------------------------------
-
-def config_from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``: unknown keys and wrong types raise ConfigError."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(fields)})")
-    kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
-
-
-def config_to_dict(config: Any) -> Any:
-    if dataclasses.is_dataclass(config):
-        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, dict):
-        return {k: config_to_dict(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [config_to_dict(v) for v in config]
-    return config
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return config_from_dict(hint, value, where)
-    if hint is Any:
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
-        return {k: _convert(value_hint, v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item_hint, *_) = typing.get_args(hint) or (Any,)
-        return [_convert(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 2e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be float, got {value!r}") from None
-    if hint in (int, float, str, bool):
-        if isinstance(value, bool) and hint is not bool:
-            raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
-        if not isinstance(value, hint):
-            raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
-        return value
-    return value
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as a YAML scalar) to a nested dict, in place."""
-    import yaml
-
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse {raw!r} ({e})") from None
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.setdefault(part, {}), dict):
-                raise ConfigError(f"override {key}: {part} is not a section")
-            node = node[part]
-        node[parts[-1]] = value
-    return data
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML or JSON file as a dict; a syntax error names the file and line."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
 
 
 # -- training runs -----------------------------------------------------------------------------------
@@ -317,11 +182,6 @@ class TrainConfig:
             raise ConfigError("train.qlora needs train.stage: lora (4-bit base weights cannot be trained)")
 
 
-def check_run(cfg: "RunConfig") -> None:
-    if cfg.data.text_only and cfg.train.stage == "projector":
-        raise ConfigError("data.text_only trains the language model alone: use train.stage full or lora")
-
-
 @dataclass
 class RunConfig:
     """A whole run: what to build (model), what to read (data) and how to train (train)."""
@@ -330,44 +190,6 @@ class RunConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train.jsonl"))
     train: TrainConfig = field(default_factory=TrainConfig)
 
-
-def absolute_paths(cfg: RunConfig, base: str | os.PathLike | None = None) -> RunConfig:
-    """A copy of ``cfg`` whose file and folder settings are absolute (relative ones resolved against
-    ``base``, the working folder by default), as a run saves them: the run then means the same
-    files from any working folder. A language model that is not a local path (``preset:``, a hub
-    id) is kept as it is."""
-    root = Path(base or os.getcwd())
-
-    def absolute(value: str | None) -> str | None:
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (root / path).resolve())
-
-    model, data, train = cfg.model, cfg.data, cfg.train
-    lm = model.language_model
-    if not lm.startswith("preset:") and (Path(lm).is_absolute() or (root / lm).exists()):
-        lm = absolute(lm)
-    pretrained = model.vision.pretrained
-    if pretrained and Path(pretrained).suffix:  # a file, not an open_clip tag
-        pretrained = absolute(pretrained)
-    return dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(model, language_model=lm, vision=dataclasses.replace(model.vision, pretrained=pretrained),
-                                  vision_weights=absolute(model.vision_weights), tokenizer=absolute(model.tokenizer),
-                                  adapter=absolute(model.adapter)),
-        data=dataclasses.replace(data, train=absolute(data.train), val=absolute(data.val),
-                                 feature_cache=absolute(data.feature_cache)),
-        train=dataclasses.replace(train, out_dir=absolute(train.out_dir), init_from=absolute(train.init_from)),
-    )
-
-
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
-    """A YAML run config with ``key=value`` overrides applied (errors name the file and key)."""
-    data = apply_overrides(read_config_file(path), overrides or [])
-    try:
-        cfg = config_from_dict(RunConfig, data)
-        check_run(cfg)
-        return cfg
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    def __post_init__(self) -> None:
+        if self.data.text_only and self.train.stage == "projector":
+            raise ConfigError("data.text_only trains the language model alone: use train.stage full or lora")

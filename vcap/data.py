@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +33,11 @@ import torch
 
 from qwen3_backbone.chat import tokenize, video_message
 
-from .config import LANGS
+from .config import LANGS, RunConfig
 from .errors import UsageError
 from .video import VideoReadError
+
+log = logging.getLogger("vcap.train")
 
 IGNORE_INDEX = -100
 VIDEO_MARKER = "<video>"
@@ -54,7 +58,6 @@ class Sample:
     video: Path
     turns: list[tuple[str, str]]  # (instruction, answer) pairs; the video goes with the first
     lang: str | None = None
-    line: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of the line (e.g. attributes)
 
     @property
@@ -80,7 +83,7 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
                 problems.append((number, f"not valid JSON ({e.msg})"))
                 continue
             try:
-                samples.append(_sample(record, base, number, instructions))
+                samples.append(_sample(record, base, instructions))
             except ValueError as e:
                 problems.append((number, str(e)))
     if problems:
@@ -90,7 +93,7 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
     return samples
 
 
-def _sample(record: Any, base: Path, number: int, instructions: dict[str, str] | None) -> Sample:
+def _sample(record: Any, base: Path, instructions: dict[str, str] | None) -> Sample:
     if not isinstance(record, dict):
         raise ValueError("each line must be a JSON object")
     video = record.get("video")
@@ -102,7 +105,7 @@ def _sample(record: Any, base: Path, number: int, instructions: dict[str, str] |
         raise ValueError(f"'lang' must be one of {', '.join(LANGS)}, got {lang!r}")
     extra = {k: v for k, v in record.items() if k not in ("video", "caption", "lang", "conversations")}
     if "conversations" in record:
-        return Sample(video_path, _conversation_turns(record["conversations"]), lang, number, extra)
+        return Sample(video_path, _conversation_turns(record["conversations"]), lang, extra)
     caption = record.get("caption")
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError("needs a non-empty 'caption' (with 'lang') or 'conversations'")
@@ -113,7 +116,7 @@ def _sample(record: Any, base: Path, number: int, instructions: dict[str, str] |
         from .config import DEFAULT_INSTRUCTIONS
 
         instruction = DEFAULT_INSTRUCTIONS[lang]
-    return Sample(video_path, [(instruction, caption.strip())], lang, number, extra)
+    return Sample(video_path, [(instruction, caption.strip())], lang, extra)
 
 
 def _conversation_turns(conversations: Any) -> list[tuple[str, str]]:
@@ -172,7 +175,6 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "index": [item["index"] for item in items],
     }
 
 
@@ -218,7 +220,7 @@ class FeatureCache:
 
 def encoder_fingerprint(captioner) -> str:
     """Identity of the frozen encoder and frame sampling (part of every cache key)."""
-    from .config import config_to_dict
+    from .config_io import config_to_dict
 
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
@@ -236,7 +238,7 @@ def extract_features(
     """Vision features (T, P, Dv) for every readable video, from the cache where possible.
 
     Returns (features by video, reason by unreadable video)."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     features: dict[Path, torch.Tensor] = {}
     failed: dict[Path, str] = {}
@@ -247,7 +249,7 @@ def extract_features(
             features[video] = cached
         else:
             todo.append(video)
-    bar = tqdm(total=len(todo), desc="vision features", unit="video", disable=not progress or not todo)
+    bar = progress_bar(len(todo), "vision features", "video", enabled=progress and bool(todo))
     for start in range(0, len(todo), batch):
         chunk, clips = [], []
         for video in todo[start : start + batch]:
@@ -257,7 +259,7 @@ def extract_features(
             except VideoReadError as e:
                 failed[video] = e.reason
         if clips:
-            for video, feats in zip(chunk, captioner.encode_frames([c.frames for c in clips])):
+            for video, feats in zip(chunk, captioner.encode([c.frames for c in clips])):
                 feats = feats.float().cpu()
                 features[video] = feats
                 if cache is not None:
@@ -282,7 +284,7 @@ class CaptionDataset(torch.utils.data.Dataset):
                 continue
             n = captioner.num_video_tokens(feats.shape[0]) if feats is not None else 0
             ids, labels = tokenize_sample(captioner.tokenizer, sample, n, captioner.config.system_prompt)
-            self.items.append({"features": feats, "input_ids": ids, "labels": labels, "index": len(self.items)})
+            self.items.append({"features": feats, "input_ids": ids, "labels": labels})
             self.samples.append(sample)
 
     def __len__(self) -> int:
@@ -290,3 +292,45 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.items[index]
+
+
+# -- a run's datasets and batches -------------------------------------------------------------------------
+
+def build_datasets(cfg: RunConfig, captioner, progress: bool) -> tuple[CaptionDataset, CaptionDataset | None]:
+    """A run's training and validation sets: manifests read, vision features from the cache or
+    computed (unreadable videos skipped and logged), samples tokenized."""
+    train_samples = read_manifest(cfg.data.train, captioner.config.instructions)
+    if cfg.data.max_samples:
+        train_samples = train_samples[: cfg.data.max_samples]
+    val_samples = read_manifest(cfg.data.val, captioner.config.instructions) if cfg.data.val else []
+    if cfg.data.text_only:
+        train_set = CaptionDataset(train_samples, None, captioner)
+        val_set = CaptionDataset(val_samples, None, captioner) if val_samples else None
+        log.info("text-only training samples: %d; validation samples: %d", len(train_set), len(val_set) if val_set else 0)
+        return train_set, val_set
+    cache = FeatureCache(cfg.data.feature_cache, encoder_fingerprint(captioner)) if cfg.data.feature_cache else None
+    videos = [s.video for s in train_samples + val_samples]
+    features, failed = extract_features(captioner, videos, cache, progress=progress)
+    for video, reason in failed.items():
+        log.warning("skipped unreadable video %s: %s", video, reason)
+    train_set = CaptionDataset(train_samples, features, captioner)
+    val_set = CaptionDataset(val_samples, features, captioner) if val_samples else None
+    log.info("training samples: %d (%d videos skipped); validation samples: %d",
+             len(train_set), len(failed), len(val_set) if val_set else 0)
+    if len(train_set) == 0:
+        raise UsageError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
+    return train_set, val_set
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The batches of one epoch: a permutation fixed by (seed, epoch), then this process's share.
+
+    With several processes every one gets the same number of batches (the list is padded with
+    batches from its start, as torch's DistributedSampler pads), since each optimizer step is a
+    collective all of them must join."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+    if world > 1:
+        per_process = math.ceil(len(batches) / world)
+        batches += batches[: per_process * world - len(batches)]
+    return batches[rank::world]

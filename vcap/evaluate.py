@@ -10,9 +10,9 @@ are English. The Java PTB tokenizer is not used; captions are tokenized here:
 Scores are computed per language and overall; CIDEr-D's document frequencies come from the
 evaluated set, as in the COCO evaluation.
 
-For manifests with synthetic ``attributes`` it also reports attribute accuracy: the share of
-clips whose caption states every attribute correctly (vcap.synthetic.parse_attributes), per
-language, and separately for attribute combinations held out of training.
+With a judge (``--judge``; by default the synthetic clips' judge for manifests whose samples carry
+``attributes``) it also reports attribute accuracy: the share of captions that state every
+attribute of their clip, per language, and separately for combinations held out of training.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli import positive_int
+from .cli import JUDGES, load_judge, positive_int
+from .config import LANGS
+from .generation import GenerationOptions
 from .errors import UsageError
 from .outputs import check_output_file, read_jsonl, recognises, write_json, write_jsonl
 
@@ -77,64 +80,77 @@ def caption_scores(references: dict[Any, list[str]], hypotheses: dict[Any, str],
     return scores
 
 
-def evaluate(
-    captioner,
-    manifest: str | os.PathLike,
-    out_jsonl: str | os.PathLike | None = None,
-    batch_size: int = 8,
-    thinking: bool = False,
-    max_new_tokens: int | None = None,
-    progress: bool = True,
-    with_meteor: bool = False,
-) -> dict[str, Any]:
-    """Caption every (video, language) of a manifest and score against its captions. ``out_jsonl``
-    is checked before any captioning (a path vcap may not or cannot write stops it at once)."""
-    from .data import read_manifest
-    from .progress import progress_bar
-    from .synthetic import states_all_attributes
-    from .video import VideoReadError
+Judge = Callable[[str, str, Any], "bool | None"]
+"""judge(caption, lang, sample) -> whether the caption states every fact the sample records (None:
+nothing to judge). The synthetic clips' judge (vcap.recipes.synthetic.judge_attributes) reads the
+attributes back; ``vcap eval --judge`` names one."""
 
+
+def evaluate(captioner, manifest: str | os.PathLike, out_jsonl: str | os.PathLike | None = None, *,
+             batch_size: int = 8, thinking: bool = False, max_new_tokens: int | None = None, progress: bool = True,
+             with_meteor: bool = False, judge: Judge | None = None) -> dict[str, Any]:
+    """Caption every (video, language) of a manifest and score against its captions. ``out_jsonl``
+    is checked before any captioning (a path vcap may not or cannot write stops it at once).
+    With ``judge``, each caption is also judged, and the report gives the share judged correct
+    (``attribute_accuracy``, and ``attribute_accuracy_unseen`` over samples marked
+    ``unseen_combination`` in the manifest)."""
     if out_jsonl is not None:
         check_output_file(out_jsonl, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))
-    samples = read_manifest(manifest, captioner.config.instructions)
+    options = {lang: GenerationOptions(lang=lang, thinking=thinking, max_new_tokens=max_new_tokens) for lang in LANGS}
+    rows = caption_manifest(captioner, manifest, options, batch_size=batch_size, progress=progress, judge=judge)
+    if out_jsonl is not None:
+        write_jsonl(out_jsonl, rows)
+    return score(rows, manifest, with_meteor)
+
+
+def caption_manifest(captioner, manifest: str | os.PathLike, options: dict[str, GenerationOptions], *,
+                     batch_size: int = 8, progress: bool = True, judge: Judge | None = None) -> list[dict[str, Any]]:
+    """One row per (video, language) of the manifest: the caption and its references (or the error)."""
+    from .data import read_manifest
+    from .progress import progress_bar
+    from .video import VideoReadError
+
     groups: dict[tuple[Path, str], list] = defaultdict(list)
-    for sample in samples:
+    for sample in read_manifest(manifest, captioner.config.instructions):
         groups[(sample.video, sample.lang or "en")].append(sample)
-    keys = list(groups)
-    tokenize = Tokenizer()
     rows: list[dict[str, Any]] = []
-    bar = progress_bar(len(keys), "evaluate", "caption", enabled=progress)
-    for lang in ("ko", "en"):
-        todo = [k for k in keys if k[1] == lang]
+    bar = progress_bar(len(groups), "evaluate", "caption", enabled=progress)
+    for lang in LANGS:
+        todo = [k for k in groups if k[1] == lang]
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
             clips, kept = [], []
-            for key in chunk:
+            for key in todo[start : start + batch_size]:
                 try:
                     clips.append(captioner.read(str(key[0])))
                     kept.append(key)
                 except VideoReadError as e:
                     rows.append({"video": str(key[0]), "lang": lang, "status": "error", "error": e.reason})
-            if clips:
-                results = captioner.caption_frames(clips, [str(k[0]) for k in kept], lang=lang, thinking=thinking,
-                                                   max_new_tokens=max_new_tokens)
-                for key, result in zip(kept, results):
-                    first = groups[key][0]
-                    row = {"video": str(key[0]), "lang": lang, "status": "ok", "caption": result.caption,
-                           "references": [s.caption for s in groups[key]]}
-                    if thinking:
-                        row["thinking"] = result.thinking
-                    if "attributes" in first.extra:
-                        row["attributes_correct"] = states_all_attributes(result.caption, lang, first.extra["attributes"])
-                        row["unseen_combination"] = bool(first.extra.get("unseen_combination", False))
-                    rows.append(row)
-            bar.update(len(chunk))
+            results = captioner.caption_frames(clips, options[lang], sources=[str(k[0]) for k in kept]) if clips else []
+            rows += [_row(key, result, groups[key], options[lang], judge) for key, result in zip(kept, results)]
+            bar.update(len(todo[start : start + batch_size]))
     bar.close()
+    return rows
 
+
+def _row(key, result, samples, options: GenerationOptions, judge: Judge | None) -> dict[str, Any]:
+    row = {"video": str(key[0]), "lang": key[1], "status": "ok", "caption": result.caption,
+           "references": [s.caption for s in samples]}
+    if options.thinking:
+        row["thinking"] = result.thinking
+    verdict = judge(result.caption, key[1], samples[0]) if judge is not None else None
+    if verdict is not None:
+        row["attributes_correct"] = bool(verdict)
+        row["unseen_combination"] = bool(samples[0].extra.get("unseen_combination", False))
+    return row
+
+
+def score(rows: list[dict[str, Any]], manifest: str | os.PathLike, with_meteor: bool = False) -> dict[str, Any]:
+    """The report: caption metrics per language and overall, and the judged accuracy if any."""
+    tokenize = Tokenizer()
     report: dict[str, Any] = {"manifest": str(manifest), "captions": len(rows),
                               "errors": sum(r["status"] == "error" for r in rows)}
     ok = [r for r in rows if r["status"] == "ok"]
-    for lang in ("ko", "en", "all"):
+    for lang in (*LANGS, "all"):
         part = [r for r in ok if lang == "all" or r["lang"] == lang]
         if not part:
             continue
@@ -148,8 +164,6 @@ def evaluate(
             if unseen:
                 entry["attribute_accuracy_unseen"] = sum(r["attributes_correct"] for r in unseen) / len(unseen)
         report[lang] = entry
-    if out_jsonl is not None:
-        write_jsonl(out_jsonl, rows)
     return report
 
 
@@ -201,6 +215,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meteor", action="store_true",
                         help="also report METEOR for English (needs Java; its jar takes ~45 s to start)")
     parser.add_argument("--no-meteor", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    parser.add_argument("--judge", choices=["auto", "none", *JUDGES], default="auto",
+                        help="also judge each caption's facts: auto (the synthetic-attributes judge for manifests "
+                             "with attributes), none, or a judge by name")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
     parser.add_argument("--allow-external-paths", action="store_true",
@@ -208,8 +225,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
+def _judge(name: str, manifest: str) -> Judge | None:
+    """``--judge``: a judge by name; ``auto`` picks the synthetic clips' judge when the manifest's
+    samples carry ``attributes``."""
+    from .data import read_manifest
+
+    if name == "auto":
+        has_attributes = any("attributes" in s.extra for s in read_manifest(manifest))
+        name = "synthetic-attributes" if has_attributes else "none"
+    return None if name == "none" else load_judge(name)
+
+
 def run(args: argparse.Namespace) -> int:
-    from .model import load_captioner
+    from .builder import load_captioner
 
     out = Path(args.out or Path(args.manifest).with_suffix(".eval.jsonl"))
     check_output_file(out, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))  # before any work
@@ -217,10 +245,11 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.report, "evaluation report (JSON)", "--report", is_ours=_is_report)
     if args.meteor and shutil.which("java") is None:
         raise UsageError("--meteor needs Java (e.g. apt-get install default-jre)")
+    judge = _judge(args.judge, args.manifest)
     captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype,
                                allow_downloads=args.allow_downloads, allow_external_paths=args.allow_external_paths)
     report = evaluate(captioner, args.manifest, out, batch_size=args.batch_size, thinking=args.thinking,
-                      max_new_tokens=args.max_new_tokens, progress=not args.quiet, with_meteor=args.meteor)
+                      max_new_tokens=args.max_new_tokens, progress=not args.quiet, with_meteor=args.meteor, judge=judge)
     print(format_report(report))
     print(f"per-sample outputs: {out}")
     if args.report:

@@ -56,8 +56,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bo
 
     from .adapter import load_adapter
     from .checkpoint import latest_checkpoint, load_trainable_weights
-    from .config import load_config
-    from .model import build_captioner, save_captioner
+    from .config_io import load_config
+    from .builder import build_captioner, save_captioner
     from .train import seed_everything
 
     checkpoint = latest_checkpoint(run_dir)

@@ -1,17 +1,14 @@
 """``vcap train CONFIG.yaml [key=value ...] [--resume]``: train the projector, LoRA, or everything.
 
-Stages (``train.stage``):
-- ``projector``: vision encoder and language model frozen; only the projector learns (LLaVA stage 1).
-- ``lora``: the projector plus peft LoRA adapters on the language model (``train.lora``); with
-  ``train.qlora`` the base weights are 4-bit NF4 (bitsandbytes) while the adapters train in full
-  precision.
-- ``full``: every language-model parameter and the projector.
+Stages (``train.stage``, see ``vcap/stages.py``): ``projector`` (LLaVA stage 1), ``lora`` (peft
+LoRA on the language model, with ``train.qlora`` over 4-bit base weights) and ``full``.
 
 The loss covers only the tokens the model must generate (the chat template's loss mask).
-accelerate places the model, runs mixed precision (``train.precision``) and multi-process data
-parallelism (``accelerate launch -m vcap train ...``). Checkpoints (``out_dir/step-N``) hold
-everything needed to resume exactly: ``--resume`` continues from the newest one with the same
-data order, random state and optimizer state, so the losses and weights match an uninterrupted run.
+accelerate places the model and runs multi-process data parallelism (``accelerate launch -m vcap
+train ...``, ``torchrun``); mixed precision (``train.precision``) is torch's autocast, with a
+gradient scaler for fp16. Checkpoints (``out_dir/step-N``) hold everything needed to resume
+exactly: ``--resume`` continues from the newest one with the same data order, random state and
+optimizer state, so the losses and weights match an uninterrupted run.
 
 Outputs in ``out_dir``: ``step-N/`` checkpoints, ``metrics.jsonl`` (one line per optimizer step),
 ``train.log`` (human-readable, incl. skipped videos), ``config.yaml`` (the resolved config, every
@@ -22,6 +19,10 @@ An ``out_dir`` that already holds a run is never mixed with a new one: without `
 command refuses (``--overwrite`` first moves the old run aside, to ``<out_dir>.old-<time>``), and
 an ``out_dir`` that is not empty and holds no vcap run is refused. Older checkpoints of the run
 are deleted as ``train.keep_last`` says, never the newest one.
+
+Reading order: :func:`train` (build -> fit -> save) -> :func:`fit` (epochs, batches) ->
+:func:`train_step` (one optimizer step over its micro-batches); :class:`TrainState` is where the
+run is, :class:`MetricsSink` where its numbers go.
 """
 
 from __future__ import annotations
@@ -30,23 +31,56 @@ import argparse
 import contextlib
 import itertools
 import logging
-import math
 import random
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig, absolute_paths, config_to_dict, load_config
+from . import stages
+from .checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig, TrainConfig
+from .config_io import absolute_paths, config_to_dict, load_config
+from .data import build_datasets, collate, epoch_batches
 from .errors import OutputError, UsageError
-from .outputs import json_line, write_text
+from .optim import build_optimizer, scheduled_lr
+from .outputs import json_line, read_jsonl, write_jsonl, write_text
+from .progress import progress_bar
 from .security import OFFLINE, Access
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # "kernels" is not installed: harmless
-
 log = logging.getLogger("vcap.train")
+RUN_ENTRIES = ("config.yaml", "train.log", "metrics.jsonl")  # what marks a folder as a vcap run
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what a checkpoint saves and ``--resume`` restores."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch of the next batch
+    batch: int = 0  # the next batch's index in that epoch
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+@dataclass
+class Run:
+    """What a run trains and how: the pieces :func:`fit` works with."""
+
+    cfg: RunConfig
+    accelerator: Any
+    model: torch.nn.Module  # the captioner as accelerate prepared it (wrapped for data parallelism)
+    captioner: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    config_yaml: str
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
@@ -58,14 +92,42 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
 
     cfg = absolute_paths(cfg)
     out = Path(cfg.train.out_dir)
-    from accelerate.state import AcceleratorState
+    # precision is this module's autocast, not accelerate's: accelerate keeps one precision per
+    # process, and the quickstart (or a notebook) trains several runs in one process
+    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+    _prepare_run_dir(out, resume, overwrite, accelerator)
+    _setup_logging(out, accelerator.is_main_process)
+    seed_everything(cfg.train.seed)
+    config_yaml = dump_config(cfg)
+    if accelerator.is_main_process:
+        write_text(out / "config.yaml", config_yaml)
 
-    # accelerate keeps one precision per process; several train() calls in one process (the
-    # quickstart's stages, a notebook) may each ask for another, so start this run's afresh
-    # (the distributed set-up, PartialState, is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
-    move_aside = check_run_dir(out, resume, overwrite)  # every process decides on the same view, then the first acts
+    captioner = stages.build_for_training(cfg, access)
+    train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process)
+    optimizer, scheduler, total_steps = build_optimizer(cfg, captioner, len(train_set), accelerator.num_processes)
+    model, optimizer = accelerator.prepare(captioner, optimizer)
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.train.precision == "fp16")
+    run = Run(cfg, accelerator, model, captioner, optimizer, scheduler, scaler, config_yaml)
+
+    state = TrainState()
+    checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        log.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
+    if checkpoint is not None:
+        _check_same_run(checkpoint, cfg)
+        saved = load_checkpoint(checkpoint, captioner, cfg.train.stage, optimizer, scheduler)
+        state = TrainState(saved["step"], saved["epoch"], saved["batch"])
+        if "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", checkpoint, state.step, state.epoch, state.batch)
+    with MetricsSink(out, cfg.train, accelerator.is_main_process, progress, total_steps, state.step) as sink:
+        fit(run, train_set, val_set, state, total_steps, sink)
+    return out
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, accelerator) -> None:
+    """Every process decides on the same view of ``out``, then the first one acts."""
+    move_aside = check_run_dir(out, resume, overwrite)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if move_aside:
@@ -76,56 +138,18 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
             print(f"vcap train: moved the earlier run in {out} to {aside}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    _setup_logging(out, accelerator.is_main_process)
-    seed_everything(cfg.train.seed)
-    config_yaml = dump_config(cfg)
-    if accelerator.is_main_process:
-        write_text(out / "config.yaml", config_yaml)
-
-    captioner = build_for_training(cfg, access)
-    train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process)
-    optimizer, scheduler, total_steps = build_optimizer(cfg, captioner, len(train_set), accelerator.num_processes)
-    model, optimizer = accelerator.prepare(captioner, optimizer)
-
-    from .checkpoint import latest_checkpoint, load_checkpoint
-
-    state = {"epoch": 0, "batch": 0}
-    step = 0
-    checkpoint = latest_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        log.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
-    if checkpoint is not None:
-        _check_same_run(checkpoint, cfg)
-        state = load_checkpoint(checkpoint, captioner, cfg.train.stage, optimizer, scheduler)
-        step = state.pop("step")
-        log.info("resumed from %s (step %d, epoch %d, batch %d)", checkpoint, step, state["epoch"], state["batch"])
-        if accelerator.is_main_process:
-            _truncate_metrics(out / "metrics.jsonl", step)
-    elif accelerator.is_main_process:
-        write_text(out / "metrics.jsonl", "")
-
-    fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val_set, state, step, total_steps,
-        config_yaml, progress)
-    return out
-
-
-RUN_ENTRIES = ("config.yaml", "train.log", "metrics.jsonl")  # what marks a folder as a vcap run
 
 
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     """Whether ``out`` may hold this run (raises OutputError if not); True when an earlier run there
     must first be moved aside (``overwrite``). Reads only."""
-    from .checkpoint import checkpoint_dirs
-
     if not out.exists():
         return False
     if not out.is_dir():
         raise OutputError(f"train.out_dir {out} is a file; give a folder")
-    entries = list(out.iterdir())
-    if not entries:
+    if not any(out.iterdir()):
         return False
-    is_run = any((out / name).exists() for name in RUN_ENTRIES) or bool(checkpoint_dirs(out))
-    if not is_run:
+    if not (any((out / name).exists() for name in RUN_ENTRIES) or checkpoint_dirs(out)):
         raise OutputError(f"train.out_dir {out} is not empty and holds no vcap run; vcap does not write into "
                           f"other folders: choose a new train.out_dir")
     if resume:
@@ -136,237 +160,170 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
                       f"--overwrite, or choose another train.out_dir")
 
 
-# -- build ----------------------------------------------------------------------------------------------
-
-def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
-    """The captioner with the stage's trainable parameters (and LoRA / 4-bit base weights)."""
-    from .model import build_captioner
-
-    captioner = build_captioner(cfg.model, base=None, dtype=torch.float32, access=access)
-    captioner.requires_grad_(False)
-    captioner.projector.requires_grad_(not cfg.data.text_only)
-    stage = cfg.train.stage
-    if stage == "full":
-        captioner.lm.requires_grad_(True)
-    if cfg.train.qlora:
-        quantize_4bit(captioner.lm)
-    if stage == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.train.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.targets), bias="none")
-        captioner.language_model = get_peft_model(captioner.language_model, peft_config)
-    if cfg.train.gradient_checkpointing:
-        captioner.lm.gradient_checkpointing_enable()
-    if cfg.train.init_from:
-        from .checkpoint import latest_checkpoint, load_trainable_weights
-
-        source = latest_checkpoint(cfg.train.init_from)
-        if source is None:
-            raise ConfigError(f"train.init_from: no checkpoint in {cfg.train.init_from}")
-        load_trainable_weights(source, captioner, stage)  # what the source holds: projector, adapter or LM
-        log.info("initialised trainable weights from %s", source)
-    captioner.train()
-    return captioner
-
-
-def quantize_4bit(model: torch.nn.Module, compute_dtype: torch.dtype = torch.float32) -> int:
-    """Replace every Linear inside the decoder layers by a bitsandbytes 4-bit NF4 Linear (QLoRA)."""
-    import bitsandbytes as bnb
-
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if not isinstance(child, torch.nn.Linear) or "layers." not in f"{name}.{child_name}":
-                continue
-            if child_name == "gate" and child.out_features != child.in_features:  # keep the MoE router exact
-                continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                  compute_dtype=compute_dtype, quant_type="nf4", device="meta")
-            q.weight = bnb.nn.Params4bit(child.weight.data.to(torch.float32).cpu(), requires_grad=False,
-                                         quant_type="nf4")
-            if child.bias is not None:
-                q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            q = q.to(child.weight.device)
-            setattr(module, child_name, q)
-            replaced += 1
-    return replaced
-
-
-def build_datasets(cfg: RunConfig, captioner, progress: bool):
-    from .data import CaptionDataset, FeatureCache, encoder_fingerprint, extract_features, read_manifest
-
-    train_samples = read_manifest(cfg.data.train, captioner.config.instructions)
-    if cfg.data.max_samples:
-        train_samples = train_samples[: cfg.data.max_samples]
-    val_samples = read_manifest(cfg.data.val, captioner.config.instructions) if cfg.data.val else []
-    if cfg.data.text_only:
-        train_set = CaptionDataset(train_samples, None, captioner)
-        val_set = CaptionDataset(val_samples, None, captioner) if val_samples else None
-        log.info("text-only training samples: %d; validation samples: %d", len(train_set), len(val_set) if val_set else 0)
-        return train_set, val_set
-    cache = FeatureCache(cfg.data.feature_cache, encoder_fingerprint(captioner)) if cfg.data.feature_cache else None
-    videos = [s.video for s in train_samples + val_samples]
-    features, failed = extract_features(captioner, videos, cache, progress=progress)
-    for video, reason in failed.items():
-        log.warning("skipped unreadable video %s: %s", video, reason)
-    train_set = CaptionDataset(train_samples, features, captioner)
-    val_set = CaptionDataset(val_samples, features, captioner) if val_samples else None
-    log.info("training samples: %d (%d videos skipped); validation samples: %d",
-             len(train_set), len(failed), len(val_set) if val_set else 0)
-    if len(train_set) == 0:
-        raise UsageError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
-    return train_set, val_set
-
-
-def build_optimizer(cfg: RunConfig, captioner, num_samples: int, world: int):
-    t = cfg.train
-    projector_params = [p for p in captioner.projector.parameters() if p.requires_grad]
-    lm_params = [p for p in captioner.language_model.parameters() if p.requires_grad]
-    groups = [{"params": projector_params, "lr": t.projector_lr or t.lr}] if projector_params else []
-    if lm_params:
-        groups.append({"params": lm_params, "lr": t.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay, betas=(0.9, 0.999))
-    batches_per_epoch = math.ceil(math.ceil(num_samples / t.batch_size) / world)
-    total = t.max_steps or math.ceil(batches_per_epoch / t.grad_accum) * t.epochs  # accumulation restarts each epoch
-
-    def factor(step: int) -> float:
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.scheduler == "constant":
-            return 1.0
-        progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if t.scheduler == "cosine" else 1.0 - progress
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), total
-
-
 # -- fit ------------------------------------------------------------------------------------------------
 
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """The batches of one epoch: a permutation fixed by (seed, epoch), then this process's share.
-
-    With several processes every one gets the same number of batches (the list is padded with
-    batches from its start, as torch's DistributedSampler pads), since each optimizer step is a
-    collective all of them must join."""
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
-    if world > 1:
-        per_process = math.ceil(len(batches) / world)
-        batches += batches[: per_process * world - len(batches)]
-    return batches[rank::world]
-
-
-def fit(cfg, accelerator, model, captioner, optimizer, scheduler, train_set, val_set, state, step, total_steps,
-        config_yaml, progress) -> None:
-    from .checkpoint import save_checkpoint
-    from .data import collate
-    from .progress import progress_bar
-
-    t = cfg.train
-    out = Path(t.out_dir)
-    pad = captioner.tokenizer.pad_id
-    writer = _tensorboard(out) if t.tensorboard and accelerator.is_main_process else None
-    bar = progress_bar(total_steps, f"train {t.stage}", "step", enabled=progress and accelerator.is_main_process,
-                       initial=step)
-    projector_trains = any(p.requires_grad for p in captioner.projector.parameters())
-    micro, window_loss, window_samples, window_start = 0, 0.0, 0, time.perf_counter()
-    model.train()
-    done = step >= total_steps
-    epochs = itertools.count(state["epoch"]) if t.max_steps else range(state["epoch"], t.epochs)
+def fit(run: Run, train_set, val_set, state: TrainState, total_steps: int, sink: MetricsSink) -> None:
+    """Train from ``state`` to ``total_steps``: each epoch's batches in their fixed order (this
+    process's share), ``train.grad_accum`` micro-batches per step; checkpoints and validation as
+    the config says."""
+    t, accelerator = run.cfg.train, run.accelerator
+    run.model.train()
+    epochs = itertools.count(state.epoch) if t.max_steps else range(state.epoch, t.epochs)
     for epoch in epochs:
-        if done:
+        if state.step >= total_steps:
             break
         batches = epoch_batches(len(train_set), t.batch_size, t.seed, epoch, accelerator.process_index,
                                 accelerator.num_processes)
-        start = state["batch"] if epoch == state["epoch"] else 0
-        for b in range(start, len(batches)):
-            batch = collate([train_set[i] for i in batches[b]], pad)
-            batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            batch["video_features"] = [f if f is None else f.to(accelerator.device) for f in batch["video_features"]]
-            micro += 1
-            last_micro = micro % t.grad_accum == 0 or b == len(batches) - 1
-            # gradients are synchronised across processes on the last micro-batch of a step only
-            with accelerator.autocast(), (contextlib.nullcontext() if last_micro else accelerator.no_sync(model)):
-                loss = model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-                accelerator.backward(loss / t.grad_accum)
-            window_loss += float(loss.detach()) * len(batches[b])
-            window_samples += len(batches[b])
-            if not last_micro:
-                continue
-            if t.max_grad_norm:
-                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
-            lr = scheduled_lr(cfg, scheduler)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            micro = 0
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, "epoch": epoch, "loss": window_loss / window_samples, "lr": lr,
-                      "samples_per_s": window_samples / max(elapsed, 1e-9)}
-            window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-            if t.projector_lr is not None and projector_trains:
-                record["projector_lr"] = scheduler.get_last_lr()[0]  # the projector's group comes first
-            if accelerator.is_main_process:
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json_line(record))
-                if writer is not None:
-                    for key in ("loss", "lr", "samples_per_s"):
-                        writer.add_scalar(f"train/{key}", record[key], step)
-                if step % t.log_every == 0 or step == 1:
-                    log.info("step %d epoch %d loss %.4f lr %.2e %.1f samples/s", step, epoch, record["loss"], lr,
-                             record["samples_per_s"])
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{record['samples_per_s']:.1f}",
-                            refresh=False)
-            bar.update(1)
-            position = {"epoch": epoch, "batch": b + 1} if b + 1 < len(batches) else {"epoch": epoch + 1, "batch": 0}
-            done = step >= total_steps
-            if accelerator.is_main_process and (step % t.save_every == 0 or done):
-                save_checkpoint(out, step, captioner, t.stage, optimizer, scheduler, position, config_yaml, t.keep_last)
-            if val_set is not None and ((t.eval_every and step % t.eval_every == 0) or done):
-                val = evaluate_loss(model, captioner, val_set, t.batch_size, accelerator)
-                if accelerator.is_main_process:
-                    log.info("step %d validation loss %.4f", step, val)
-                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json_line({"step": step, "val_loss": val}))
-                    if writer is not None:
-                        writer.add_scalar("val/loss", val, step)
-                model.train()
-            if done:
-                break
-    bar.close()
-    if writer is not None:
-        writer.close()
+        start = state.batch if epoch == state.epoch else 0
+        while start < len(batches) and state.step < total_steps:
+            steps = batches[start : start + t.grad_accum]  # accumulation restarts with each epoch
+            started, lrs = time.perf_counter(), learning_rates(run)  # the rates this step uses
+            loss = train_step(run, [[train_set[i] for i in indices] for indices in steps])
+            samples = sum(map(len, steps))
+            start += len(steps)
+            state.step += 1
+            state.epoch, state.batch = (epoch, start) if start < len(batches) else (epoch + 1, 0)
+            sink.step({"step": state.step, "epoch": epoch, "loss": loss, **lrs,
+                       "samples_per_s": samples / max(time.perf_counter() - started, 1e-9)})
+            done = state.step >= total_steps
+            if accelerator.is_main_process and (state.step % t.save_every == 0 or done):
+                save_checkpoint(Path(t.out_dir), state.step, run.captioner, stage=t.stage, optimizer=run.optimizer,
+                                scheduler=run.scheduler, state={**state.position(), "scaler": run.scaler.state_dict()},
+                                config_yaml=run.config_yaml, keep_last=t.keep_last)
+            if val_set is not None and ((t.eval_every and state.step % t.eval_every == 0) or done):
+                sink.validation(state.step, evaluate_loss(run, val_set))
     accelerator.wait_for_everyone()
 
 
-@torch.no_grad()
-def evaluate_loss(model, captioner, dataset, batch_size: int, accelerator) -> float:
-    from .data import collate
-
-    model.eval()
+def train_step(run: Run, micro_batches: Sequence[list[dict[str, Any]]]) -> float:
+    """One optimizer step over ``micro_batches`` (each a list of dataset items); returns their mean
+    loss per sample. Gradients are synchronised across processes on the last micro-batch only."""
+    t, accelerator = run.cfg.train, run.accelerator
     total, count = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = collate(items, captioner.tokenizer.pad_id)
-        with accelerator.autocast():
-            loss = model([f if f is None else f.to(accelerator.device) for f in batch["video_features"]],
-                         batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device),
-                         batch["labels"].to(accelerator.device))
-        total += float(loss) * len(items)
+    for i, items in enumerate(micro_batches):
+        batch = _on_device(collate(items, run.captioner.tokenizer.pad_id), accelerator.device)
+        last = i == len(micro_batches) - 1
+        with autocast(t.precision, accelerator.device), \
+                (contextlib.nullcontext() if last else accelerator.no_sync(run.model)):
+            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            run.scaler.scale(loss / t.grad_accum).backward()
+        total += float(loss.detach()) * len(items)
         count += len(items)
-    return total / max(count, 1)
+    run.scaler.unscale_(run.optimizer)
+    if t.max_grad_norm:
+        accelerator.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], t.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total / count
+
+
+@torch.no_grad()
+def evaluate_loss(run: Run, dataset) -> float:
+    """Mean validation loss per sample; each process takes every N-th sample and the sums are
+    added across processes."""
+    accelerator, batch_size = run.accelerator, run.cfg.train.batch_size
+    mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    run.model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss sum, samples)
+    for start in range(0, len(mine), batch_size):
+        items = [dataset[i] for i in mine[start : start + batch_size]]
+        batch = _on_device(collate(items, run.captioner.tokenizer.pad_id), accelerator.device)
+        with autocast(run.cfg.train.precision, accelerator.device):
+            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+        total += torch.tensor([float(loss) * len(items), len(items)], dtype=torch.float64, device=total.device)
+    run.model.train()
+    total = accelerator.reduce(total, reduction="sum") if accelerator.num_processes > 1 else total
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def learning_rates(run: Run) -> dict[str, float]:
+    """``lr`` (``train.lr`` as scheduled now) and, when the projector has its own, ``projector_lr``."""
+    rates = {"lr": scheduled_lr(run.cfg, run.scheduler)}
+    if run.cfg.train.projector_lr is not None and any(p.requires_grad for p in run.captioner.projector.parameters()):
+        rates["projector_lr"] = run.scheduler.get_last_lr()[0]  # the projector's group comes first
+    return rates
+
+
+def autocast(precision: str, device: torch.device):
+    """torch's autocast for ``train.precision`` (bf16 | fp16), or nothing for ``no``."""
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    moved["video_features"] = [f if f is None else f.to(device) for f in batch["video_features"]]
+    return moved
+
+
+# -- where the numbers go ---------------------------------------------------------------------------------
+
+class MetricsSink:
+    """The one place a run's numbers go: ``metrics.jsonl`` (a line per step and per validation),
+    ``train.log``, TensorBoard and the progress bar; only the main process writes."""
+
+    def __init__(self, out: Path, t: TrainConfig, main: bool, progress: bool, total: int, initial: int) -> None:
+
+        self.path, self.t, self.main = out / "metrics.jsonl", t, main
+        if main:
+            _keep_metrics_until(self.path, initial)
+        self.writer = _tensorboard(out) if t.tensorboard and main else None
+        self.bar = progress_bar(total, f"train {t.stage}", "step", enabled=progress and main, initial=initial)
+
+    def __enter__(self) -> MetricsSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def step(self, record: dict[str, Any]) -> None:
+        """One optimizer step's record: step, epoch, loss, lr (and projector_lr), samples_per_s."""
+        self._write(record)
+        if self.writer is not None:
+            for key in ("loss", "lr", "samples_per_s"):
+                self.writer.add_scalar(f"train/{key}", record[key], record["step"])
+        if self.main and (record["step"] % self.t.log_every == 0 or record["step"] == 1):
+            log.info("step %d epoch %d loss %.4f lr %.2e %.1f samples/s", record["step"], record["epoch"],
+                     record["loss"], record["lr"], record["samples_per_s"])
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}",
+                             sps=f"{record['samples_per_s']:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def validation(self, step: int, loss: float) -> None:
+        self._write({"step": step, "val_loss": loss})
+        if self.main:
+            log.info("step %d validation loss %.4f", step, loss)
+        if self.writer is not None:
+            self.writer.add_scalar("val/loss", loss, step)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json_line(record))
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """A fresh run starts an empty ``metrics.jsonl``; a resumed one keeps the lines up to its
+    checkpoint (later ones are redone) and drops a line torn by a kill, as the caption journal does."""
+    records = read_jsonl(path, lambda r: isinstance(r, dict) and "step" in r, "step", "metrics file") if step else []
+    write_jsonl(path, [r for r in records if r["step"] <= step])
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("train.tensorboard is set but the tensorboard package is not installed (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
-
-def scheduled_lr(cfg: RunConfig, scheduler) -> float:
-    """``train.lr`` as the schedule has it now (the language model's group, or the projector's
-    scaled to ``train.lr`` when only the projector trains)."""
-    return cfg.train.lr * scheduler.get_last_lr()[-1] / scheduler.base_lrs[-1]
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -394,15 +351,6 @@ def _check_same_run(checkpoint: Path, cfg: RunConfig) -> None:
                     f"use another train.out_dir, or run without --resume to start over")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be redone), and a
-    last line torn by a kill, as the caption journal does."""
-    from .outputs import read_jsonl, write_jsonl
-
-    records = read_jsonl(path, lambda r: isinstance(r, dict) and "step" in r, "step", "metrics file")
-    write_jsonl(path, [r for r in records if r["step"] <= step])
-
-
 def _setup_logging(out: Path, main: bool) -> None:
     log.setLevel(logging.INFO)
     for handler in list(log.handlers):
@@ -416,15 +364,6 @@ def _setup_logging(out: Path, main: bool) -> None:
         console.setLevel(logging.WARNING)
         log.addHandler(console)
     log.propagate = False
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("train.tensorboard is set but the tensorboard package is not installed (pip install tensorboard)")
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
 
 
 # -- the `vcap train` command ------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ def read_frames(
     path: str | os.PathLike,
     num_frames: int = 8,
     strategy: str = "uniform",
+    *,
     fps: float | None = None,
     max_frames: int | None = None,
     size: int | tuple[int, int] | None = None,
@@ -109,7 +110,7 @@ def read_frames(
     _check_file(path)
 
     def sampler(info: VideoInfo) -> list[int]:
-        return sample_indices(info, num_frames, strategy, fps, max_frames, start, end)
+        return sample_indices(info, num_frames, strategy, fps=fps, max_frames=max_frames, start=start, end=end)
 
     if backend in ("auto", "decord"):
         try:
@@ -126,11 +127,6 @@ def read_frames(
             else:
                 return reader.read(sampler, (start, end))
     return _PyAVReader(path, size).read(sampler, (start, end))
-
-
-def read_segment(path: str | os.PathLike, t0: float, t1: float, **kwargs) -> Frames:
-    """Frames from the window [t0, t1) seconds (for timestamped captions); see ``read_frames``."""
-    return read_frames(path, start=t0, end=t1, **kwargs)
 
 
 def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]]:
@@ -152,6 +148,7 @@ def sample_indices(
     info: VideoInfo,
     num_frames: int = 8,
     strategy: str = "uniform",
+    *,
     fps: float | None = None,
     max_frames: int | None = None,
     start: float = 0.0,

@@ -165,34 +165,7 @@ class VisionEncoder(nn.Module):
         from open_clip.modified_resnet import ModifiedResNet
 
         self.config = config
-        if config.model_name.startswith(HUB_SCHEMES):
-            access.check_download(f"vision.model_name {config.model_name!r}",
-                                  "Use one of open_clip's built-in model names (open_clip.list_models()) with "
-                                  "pretrained= a local .safetensors file,")
-        elif config.model_name not in open_clip.list_models():
-            raise VisionLoadError(f"vision.model_name {config.model_name!r} is not an open_clip model "
-                                  f"(see open_clip.list_models(), e.g. ViT-B-32, ViT-L-14, RN50)")
-        quick_gelu = False
-        weights: Path | None = None
-        if config.pretrained:
-            weights = resolve_pretrained(config.model_name, config.pretrained, access.allow_downloads)
-            if not Path(config.pretrained).suffix:
-                quick_gelu = bool(open_clip.get_pretrained_cfg(config.model_name, config.pretrained).get("quick_gelu"))
-        self.weights_file = weights
-        quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
-        logging.getLogger().addFilter(quiet)
-        try:
-            with torch.random.fork_rng(devices=[]):  # reproducible random weights; the caller's RNG untouched
-                torch.manual_seed(config.seed)
-                model = open_clip.create_model(config.model_name, pretrained=None, load_weights=False,
-                                               pretrained_image=False, pretrained_text=False,
-                                               force_quick_gelu=quick_gelu, **_model_overrides(config))
-        except RuntimeError as e:
-            raise VisionLoadError(f"open_clip cannot build {config.model_name!r}: {e}") from None
-        finally:
-            logging.getLogger().removeFilter(quiet)
-        if weights is not None:
-            _load_safetensors(model, weights)
+        model, self.weights_file = _create_model(config, access)  # weights_file: what was loaded, if any
         self.visual = model.visual
         self.preprocess_cfg: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
         del model  # the text tower is not needed
@@ -312,6 +285,40 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+def _create_model(config: VisionConfig, access: Access) -> tuple[nn.Module, Path | None]:
+    """open_clip's model for the config (the image tower real, the text tower a stub) with its
+    pretrained weights loaded, and the weights file (None for random weights)."""
+    import open_clip
+
+    if config.model_name.startswith(HUB_SCHEMES):
+        access.check_download(f"vision.model_name {config.model_name!r}",
+                              "Use one of open_clip's built-in model names (open_clip.list_models()) with "
+                              "pretrained= a local .safetensors file,")
+    elif config.model_name not in open_clip.list_models():
+        raise VisionLoadError(f"vision.model_name {config.model_name!r} is not an open_clip model "
+                              f"(see open_clip.list_models(), e.g. ViT-B-32, ViT-L-14, RN50)")
+    quick_gelu, weights = False, None
+    if config.pretrained:
+        weights = resolve_pretrained(config.model_name, config.pretrained, access.allow_downloads)
+        if not Path(config.pretrained).suffix:
+            quick_gelu = bool(open_clip.get_pretrained_cfg(config.model_name, config.pretrained).get("quick_gelu"))
+    quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
+    logging.getLogger().addFilter(quiet)
+    try:
+        with torch.random.fork_rng(devices=[]):  # reproducible random weights; the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            model = open_clip.create_model(config.model_name, pretrained=None, load_weights=False,
+                                           pretrained_image=False, pretrained_text=False,
+                                           force_quick_gelu=quick_gelu, **_model_overrides(config))
+    except RuntimeError as e:
+        raise VisionLoadError(f"open_clip cannot build {config.model_name!r}: {e}") from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if weights is not None:
+        _load_safetensors(model, weights)
+    return model, weights
 
 
 def _model_overrides(config: VisionConfig) -> dict[str, Any]:

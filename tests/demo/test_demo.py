@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+    from vcap.recipes.synthetic import ClipAttributes, render_frames, write_mp4
 
     path = tmp_path_factory.mktemp("clips") / "three squares.mp4"
     write_mp4(render_frames(ClipAttributes("square", "yellow", 3, "left_to_right", "large", "gray"), 64, 16), path, 8)
@@ -58,7 +57,7 @@ def start_demo(folder: Path, env: dict[str, str], log_path: Path, *options: str)
 
 @pytest.fixture(scope="module")
 def captioner_folder(tmp_path_factory) -> Path:
-    from vcap.model import save_captioner
+    from vcap.builder import save_captioner
 
     folder = tmp_path_factory.mktemp("captioner") / "captioner"
     save_captioner(tiny_captioner(), folder)
@@ -96,7 +95,7 @@ def test_binds_loopback_only(server):
 def test_caption_equals_the_library(server, clip):
     from gradio_client import Client
 
-    from vcap.model import load_captioner
+    from vcap.builder import load_captioner
 
     url, folder = server
     thoughts, caption, gallery = Client(url, verbose=False).predict(*caption_args(clip, "en"), api_name="/caption")
@@ -122,7 +121,7 @@ def test_bad_upload_is_an_error_and_the_app_keeps_serving(server, clip, tmp_path
 def test_two_concurrent_requests_give_the_library_captions(server, clip):
     from gradio_client import Client
 
-    from vcap.model import load_captioner
+    from vcap.builder import load_captioner
 
     url, folder = server
     client = Client(url, verbose=False)

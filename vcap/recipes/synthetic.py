@@ -128,6 +128,13 @@ def states_all_attributes(text: str, lang: str, attrs: ClipAttributes | dict) ->
     return parse_attributes(text, lang) == truth
 
 
+def judge_attributes(caption: str, lang: str, sample) -> bool | None:
+    """vcap.evaluate's judge for synthetic clips: whether ``caption`` states every attribute of the
+    sample's clip (None for a sample without ``attributes``)."""
+    attrs = sample.extra.get("attributes")
+    return None if attrs is None else states_all_attributes(caption, lang, attrs)
+
+
 # -- rendering --------------------------------------------------------------------------------------
 
 def render_frames(attrs: ClipAttributes, size: int = 96, num_frames: int = 24, seed: int = 0) -> np.ndarray:
@@ -217,6 +224,7 @@ def split_combinations(seed: int = 0, train_share: float = 0.75) -> tuple[list[C
 
 def make_dataset(
     out_dir: str | os.PathLike,
+    *,
     n_train: int = 200,
     n_val: int = 24,
     n_test: int = 48,
@@ -233,8 +241,8 @@ def make_dataset(
     combinations training never shows, the rest are new clips of seen combinations. Existing
     clips are kept (a rerun only writes what is missing).
     """
-    from .outputs import check_output_file, read_jsonl, recognises, write_jsonl
-    from .progress import progress_bar
+    from ..outputs import check_output_file, read_jsonl, recognises, write_jsonl
+    from ..progress import progress_bar
 
     out = Path(out_dir)
     for split in ("train", "val", "test"):  # a manifest already there must be one this writes
@@ -277,7 +285,7 @@ def make_dataset(
 # -- the `vcap synth` command ------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import non_negative_int, positive_int
+    from ..cli import non_negative_int, positive_int
 
     parser.add_argument("--out", required=True, help="output folder (clips in train/ val/ test/, plus *.jsonl)")
     parser.add_argument("--n", type=positive_int, default=200, help="training clips (default 200)")

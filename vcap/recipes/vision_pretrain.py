@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import CaptionerConfig
-from .outputs import write_bytes
-from .data import read_manifest
-from .video import VideoReadError, read_frames
-from .vision import VisionEncoder
+from ..config import CaptionerConfig
+from ..outputs import write_bytes
+from ..data import read_manifest
+from ..video import VideoReadError, read_frames
+from ..vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def pretrain_vision(model: CaptionerConfig, manifest: str | os.PathLike, out_fil
     """Pre-train ``model.vision`` (from its random initial weights) on the manifest's clips; write the
     tower's weights to ``out_file`` (safetensors, atomically). Returns the first and last losses."""
     from safetensors.torch import save
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     cfg = cfg or VisionPretrainConfig()
     frames, clip_words, skipped = load_clips(manifest, model, cfg.frames_per_clip)
@@ -106,8 +106,8 @@ def pretrain_vision(model: CaptionerConfig, manifest: str | os.PathLike, out_fil
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
         order = torch.Generator().manual_seed(cfg.seed)
         losses = []
-        bar = tqdm(range(cfg.steps), desc="vision tower", unit="step", disable=not progress)
-        for _ in bar:
+        bar = progress_bar(cfg.steps, "vision tower", "step", enabled=progress)
+        for _ in range(cfg.steps):
             batch = torch.randint(len(frames), (cfg.batch_size,), generator=order)
             tokens = tower(tower.preprocess(frames[batch]))  # (N, P, Dv)
             logits = head(tokens.mean(dim=1))  # (N, V)
@@ -117,7 +117,9 @@ def pretrain_vision(model: CaptionerConfig, manifest: str | os.PathLike, out_fil
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.update(1)
+        bar.close()
 
     write_bytes(out_file, save(tower.weights(), metadata={"format": "pt", "vocabulary_size": str(len(vocab)),
                                                           "steps": str(cfg.steps), "clips": str(len(clip_words))}))

@@ -1,0 +1,89 @@
+"""The processor beside the model, as in transformers: videos and text in, model inputs out;
+generated ids in, thinking and caption out. It holds no weights.
+
+- :meth:`VideoProcessor.read`: a path, read ``Frames`` or a uint8 array (T, H, W, 3) -> ``Frames``,
+  sampled as the captioner's ``frames`` config says;
+- :meth:`VideoProcessor.prompts`: per video, the chat prompt with N ``<|video_pad|>`` tokens
+  (Qwen3's chat template; the instruction is always plain text), left-padded into ids (B, S) and
+  an attention mask (B, S);
+- :meth:`VideoProcessor.splitter` / :meth:`VideoProcessor.decode`: generated ids -> thinking and
+  caption, by one rule for streams and whole outputs (``qwen3_backbone.chat.ThinkingSplitter``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from qwen3_backbone.chat import ThinkingSplitter, split_ids, tokenize, video_message
+from qwen3_backbone.tokenizer import Qwen3Tokenizer
+
+from .config import CaptionerConfig, FramesConfig
+from .video import Frames, VideoInfo, read_frames
+
+VideoInput = str | os.PathLike | Frames | np.ndarray | torch.Tensor
+
+
+def read_options(frames: FramesConfig) -> dict[str, Any]:
+    """``vcap.video.read_frames``'s keyword arguments for a frames config: the one place a config
+    becomes a way of sampling (the library, ``vcap caption``'s workers and the demo all use it)."""
+    return {"num_frames": frames.num_frames, "strategy": frames.strategy, "fps": frames.fps,
+            "max_frames": frames.max_frames, "size": frames.size, "backend": frames.backend}
+
+
+class VideoProcessor:
+    def __init__(self, tokenizer: Qwen3Tokenizer, config: CaptionerConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def read(self, video: VideoInput, frames: FramesConfig | None = None,
+             window: tuple[float, float] | None = None) -> Frames:
+        """A path, already-read Frames, or a uint8 array (T, H, W, 3) -> Frames; a path is sampled
+        as ``frames`` (default: the captioner's) says, within ``window`` (start, end) seconds if given."""
+        if isinstance(video, Frames):
+            return video
+        if isinstance(video, (np.ndarray, torch.Tensor)):
+            array = np.asarray(video)
+            if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+                raise ValueError(f"frames must be uint8 (T, H, W, 3), got {array.dtype} {array.shape}")
+            info = VideoInfo(array.shape[0], 1.0, array.shape[2], array.shape[1])
+            return Frames(array, list(range(len(array))), [float(i) for i in range(len(array))], info, "array")
+        start, end = window if window is not None else (0.0, None)
+        return read_frames(video, start=start, end=end, **read_options(frames or self.config.frames))
+
+    def instruction(self, prompt: str | None, lang: str) -> str:
+        """The user's prompt, or the captioner's default instruction for ``lang``."""
+        return prompt if prompt else self.config.instructions[lang]
+
+    def prompt_ids(self, num_video_tokens: int, instruction: str, thinking: bool) -> list[int]:
+        """One prompt: [system], user turn with the video and the instruction, generation prompt."""
+        messages = []
+        if self.config.system_prompt:
+            messages.append({"role": "system", "content": self.config.system_prompt})
+        messages.append(video_message(num_video_tokens, instruction))
+        ids, _ = tokenize(self.tokenizer, messages, add_generation_prompt=True, enable_thinking=thinking)
+        return ids
+
+    def prompts(self, num_video_tokens: Sequence[int], instruction: str,
+                thinking: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids (B, S) and attention mask (B, S), one row per video."""
+        rows = [self.prompt_ids(n, instruction, thinking) for n in num_video_tokens]
+        S = max(len(r) for r in rows)
+        ids = torch.full((len(rows), S), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), S, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, S - len(row):] = torch.tensor(row)
+            mask[i, S - len(row):] = 1
+        return ids, mask
+
+    def splitter(self, thinking: bool) -> ThinkingSplitter:
+        """A streaming splitter of generated ids into ("thinking" | "answer", text) pieces."""
+        return ThinkingSplitter(self.tokenizer, thinking)
+
+    def decode(self, ids: Sequence[int], thinking: bool) -> tuple[str, str]:
+        """Generated ids (padding dropped) -> (thinking, caption), as a stream would show them."""
+        return split_ids(self.tokenizer, [t for t in ids if t != self.tokenizer.pad_id], thinking)
