@@ -73,6 +73,17 @@ def video_message(num_tokens: int, instruction: str) -> Message:
 
 # -- rendering -------------------------------------------------------------------------------------
 
+class _Segments(list):
+    """The segments of a chat as the template writes them."""
+
+    def text(self, s: str, train: bool = False) -> None:
+        if s:
+            self.append(Segment(s, train=train))
+
+    def control(self, token: str, train: bool = False) -> None:
+        self.append(Segment(token, control=True, train=train))
+
+
 def segments(
     messages: Sequence[Message],
     tools: Sequence[dict[str, Any]] | None = None,
@@ -83,111 +94,122 @@ def segments(
     """The official template, step for step, as a list of segments."""
     if not messages:
         raise ValueError("a chat needs at least one message")
-    out: list[Segment] = []
-
-    def text(s: str, train: bool = False) -> None:
-        if s:
-            out.append(Segment(s, train=train))
-
-    def control(token: str, train: bool = False) -> None:
-        out.append(Segment(token, control=True, train=train))
-
-    first = messages[0]
-    if tools:
-        control(IM_START)
-        text("system\n")
-        if first.get("role") == "system":
-            text(_content(first) + "\n\n")
-        text("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-             "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
-        for tool in tools:
-            text("\n" + _tojson(tool))
-        text("\n</tools>\n\nFor each function call, return a json object with function name and arguments within ")
-        control(TOOL_CALL)
-        control(END_TOOL_CALL)
-        text(" XML tags:\n")
-        control(TOOL_CALL)
-        text('\n{"name": <function-name>, "arguments": <args-json-object>}\n')
-        control(END_TOOL_CALL)
-        control(IM_END)
-        text("\n")
-    elif first.get("role") == "system":
-        control(IM_START)
-        text("system\n" + _content(first))
-        control(IM_END)
-        text("\n")
-
+    out = _Segments()
+    _system_turn(out, messages[0], tools)
     last_query = _last_query_index(messages)
     for index, message in enumerate(messages):
         role = message.get("role")
-        content = _content(message)
-        is_last = index == len(messages) - 1
         if role == "user" or (role == "system" and index > 0):
-            control(IM_START)
-            text(role + "\n")
-            if isinstance(message.get("content"), VideoTurn):
-                video = message["content"]
-                control(VISION_START)
-                out.extend(Segment(VIDEO_PAD, control=True) for _ in range(video.num_tokens))
-                control(VISION_END)
-                content = video.text
-            text(content)  # user text is always plain text, never control tokens
-            control(IM_END)
-            text("\n")
+            _user_turn(out, message)
         elif role == "assistant":
-            reasoning = message.get("reasoning_content")
-            if not isinstance(reasoning, str):
-                reasoning = ""
-                if END_THINK in content:
-                    reasoning = content.split(END_THINK)[0].rstrip("\n").split(THINK)[-1].lstrip("\n")
-                    content = content.split(END_THINK)[-1].lstrip("\n")
-            control(IM_START)
-            text("assistant\n")
-            if index > last_query and (is_last or reasoning):
-                thought = reasoning.strip("\n")
-                in_loss = bool(thought) or train_empty_think
-                control(THINK, train=in_loss)
-                text("\n" + thought + "\n", train=in_loss)
-                control(END_THINK, train=in_loss)
-                text("\n\n", train=in_loss)
-                text(content.lstrip("\n"), train=True)
-            else:
-                text(content, train=True)
-            for i, call in enumerate(message.get("tool_calls") or []):
-                if (i == 0 and content) or i > 0:
-                    text("\n", train=True)
-                if call.get("function"):
-                    call = call["function"]
-                arguments = call.get("arguments")
-                control(TOOL_CALL, train=True)
-                text('\n{"name": "' + str(call.get("name")) + '", "arguments": '
-                     + (arguments if isinstance(arguments, str) else _tojson(arguments)) + "}\n", train=True)
-                control(END_TOOL_CALL, train=True)
-            control(IM_END, train=True)
-            text("\n")
+            _assistant_turn(out, message, index > last_query, index == len(messages) - 1, train_empty_think)
         elif role == "tool":
-            if index == 0 or messages[index - 1].get("role") != "tool":
-                control(IM_START)
-                text("user")
-            text("\n")
-            control(TOOL_RESPONSE)
-            text("\n" + content + "\n")
-            control(END_TOOL_RESPONSE)
-            if is_last or messages[index + 1].get("role") != "tool":
-                control(IM_END)
-                text("\n")
+            first = index == 0 or messages[index - 1].get("role") != "tool"
+            last = index == len(messages) - 1 or messages[index + 1].get("role") != "tool"
+            _tool_turn(out, message, first, last)
         elif role not in ("system",):
             raise ValueError(f"message {index}: unknown role {role!r} (system, user, assistant, tool)")
-
     if add_generation_prompt:
-        control(IM_START)
-        text("assistant\n")
+        out.control(IM_START)
+        out.text("assistant\n")
         if enable_thinking is False:
-            control(THINK)
-            text("\n\n")
-            control(END_THINK)
-            text("\n\n")
-    return out
+            out.control(THINK)
+            out.text("\n\n")
+            out.control(END_THINK)
+            out.text("\n\n")
+    return list(out)
+
+
+def _system_turn(out: _Segments, first: Message, tools: Sequence[dict[str, Any]] | None) -> None:
+    """The system turn: the tools block (with the first message if it is a system message), or that message."""
+    if tools:
+        out.control(IM_START)
+        out.text("system\n")
+        if first.get("role") == "system":
+            out.text(_content(first) + "\n\n")
+        out.text("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                 "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+        for tool in tools:
+            out.text("\n" + _tojson(tool))
+        out.text("\n</tools>\n\nFor each function call, return a json object with function name and arguments within ")
+        out.control(TOOL_CALL)
+        out.control(END_TOOL_CALL)
+        out.text(" XML tags:\n")
+        out.control(TOOL_CALL)
+        out.text('\n{"name": <function-name>, "arguments": <args-json-object>}\n')
+        out.control(END_TOOL_CALL)
+        out.control(IM_END)
+        out.text("\n")
+    elif first.get("role") == "system":
+        out.control(IM_START)
+        out.text("system\n" + _content(first))
+        out.control(IM_END)
+        out.text("\n")
+
+
+def _user_turn(out: _Segments, message: Message) -> None:
+    out.control(IM_START)
+    out.text(message["role"] + "\n")
+    content = _content(message)
+    if isinstance(message.get("content"), VideoTurn):
+        video = message["content"]
+        out.control(VISION_START)
+        out.extend(Segment(VIDEO_PAD, control=True) for _ in range(video.num_tokens))
+        out.control(VISION_END)
+        content = video.text
+    out.text(content)  # user text is always plain text, never control tokens
+    out.control(IM_END)
+    out.text("\n")
+
+
+def _assistant_turn(out: _Segments, message: Message, after_last_query: bool, is_last: bool,
+                    train_empty_think: bool) -> None:
+    """An assistant turn: its reasoning (kept only after the last real user query), content, tool calls."""
+    content = _content(message)
+    reasoning = message.get("reasoning_content")
+    if not isinstance(reasoning, str):
+        reasoning = ""
+        if END_THINK in content:
+            reasoning = content.split(END_THINK)[0].rstrip("\n").split(THINK)[-1].lstrip("\n")
+            content = content.split(END_THINK)[-1].lstrip("\n")
+    out.control(IM_START)
+    out.text("assistant\n")
+    if after_last_query and (is_last or reasoning):
+        thought = reasoning.strip("\n")
+        in_loss = bool(thought) or train_empty_think
+        out.control(THINK, train=in_loss)
+        out.text("\n" + thought + "\n", train=in_loss)
+        out.control(END_THINK, train=in_loss)
+        out.text("\n\n", train=in_loss)
+        out.text(content.lstrip("\n"), train=True)
+    else:
+        out.text(content, train=True)
+    for i, call in enumerate(message.get("tool_calls") or []):
+        if (i == 0 and content) or i > 0:
+            out.text("\n", train=True)
+        if call.get("function"):
+            call = call["function"]
+        arguments = call.get("arguments")
+        out.control(TOOL_CALL, train=True)
+        out.text('\n{"name": "' + str(call.get("name")) + '", "arguments": '
+                 + (arguments if isinstance(arguments, str) else _tojson(arguments)) + "}\n", train=True)
+        out.control(END_TOOL_CALL, train=True)
+    out.control(IM_END, train=True)
+    out.text("\n")
+
+
+def _tool_turn(out: _Segments, message: Message, first: bool, last: bool) -> None:
+    """A tool response: consecutive ones share one user turn."""
+    if first:
+        out.control(IM_START)
+        out.text("user")
+    out.text("\n")
+    out.control(TOOL_RESPONSE)
+    out.text("\n" + _content(message) + "\n")
+    out.control(END_TOOL_RESPONSE)
+    if last:
+        out.control(IM_END)
+        out.text("\n")
 
 
 def render(

@@ -123,20 +123,7 @@ class Qwen3Config:
         training or tokens, not the architecture, are ignored. A missing required field raises a
         ``ValueError`` that names it.
         """
-        where = "config dict"
-        if not isinstance(source, dict):
-            path = Path(source)
-            if path.is_dir():
-                path = path / "config.json"
-            where = str(path)
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise FileNotFoundError(f"no config.json at {path}") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        else:
-            raw = dict(source)
+        raw, where = _read_hf_config(source)
         model_type = raw.get("model_type", "qwen3")
         if model_type not in ("qwen3", "qwen3_moe"):
             raise ValueError(f"{where}: model_type {model_type!r} is not a Qwen3 model (qwen3, qwen3_moe)")
@@ -237,6 +224,21 @@ class Qwen3Config:
         embed = self.vocab_size * d
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return total + embed + head + d
+
+
+def _read_hf_config(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the config dict, where it came from) for a config.json path, its folder or a dict."""
+    if isinstance(source, dict):
+        return dict(source), "config dict"
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no config.json at {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def _read_rope(raw: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
