@@ -25,7 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from qwen3_backbone.files import short_name
-from vcap.cli import positive_float, positive_int
+from vcap.cli import add_captioner_options, open_captioner, positive_float, positive_int
 from vcap.errors import UsageError
 from vcap.generation import GenerationOptions
 from vcap.subtitles import to_srt
@@ -329,29 +329,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=positive_int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    add_captioner_options(parser)
     parser.add_argument("--max-upload-mb", type=positive_float, default=MAX_UPLOAD_MB, help="largest upload, MB (e.g. 0.5)")
     parser.add_argument("--max-duration", type=positive_float, default=MAX_DURATION_S, help="longest video accepted, seconds")
     parser.add_argument("--max-windows", type=positive_int, default=MAX_WINDOWS,
                         help=f"timestamped captions: most windows per video (default {MAX_WINDOWS})")
     parser.add_argument("--concurrency", type=positive_int, default=2, help="requests captioned at the same time")
-    parser.add_argument("--allow-downloads", action="store_true",
-                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
-    parser.add_argument("--allow-external-paths", action="store_true",
-                        help="let the captioner folder name files outside itself (off by default)")
+
 
 
 def run(args: argparse.Namespace) -> int:
-    import vcap
-
     folder = Path(args.captioner) if args.captioner else DEFAULT_CAPTIONER
     if not (folder / "captioner.json").exists():
         hint = "run `make quickstart` first, or pass a captioner folder from `vcap export`"
         print(f"vcap demo: no captioner at {folder}: {hint}", file=sys.stderr)
         return 2
-    captioner = vcap.load_captioner(folder, device=args.device, dtype=args.dtype, allow_downloads=args.allow_downloads,
-                                    allow_external_paths=args.allow_external_paths)
+    captioner = open_captioner(args, str(folder))
     workdir = Path(tempfile.mkdtemp(prefix="vcap-demo-"))
     # gradio keeps uploads under GRADIO_TEMP_DIR, read when the app is built: point it into our folder
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")

@@ -134,38 +134,68 @@ def load_pretrained(
     dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
     download: bool = False,
+    load_in_4bit: bool = False,
 ) -> Qwen3ForCausalLM:
     """Load a Qwen3 / Qwen3-MoE checkpoint (a local HF model folder or a cached hub id).
 
     The folder holds ``config.json`` and ``model.safetensors`` or sharded ``model-*.safetensors``
     with ``model.safetensors.index.json``. With ``tie_word_embeddings`` and no ``lm_head.weight``
-    the head shares the embedding matrix. Returns the model in eval mode.
+    the head shares the embedding matrix. The model is built on the meta device and each tensor is
+    read, converted and placed one at a time, so memory holds the loaded model plus one tensor.
+
+    ``load_in_4bit``: the decoder layers' linear weights become NF4 with double quantization
+    (bitsandbytes), each quantized as it is read, computing in ``dtype``; the model never exists
+    in full precision (see qwen3_backbone.quantize). Returns the model in eval mode.
     """
     model_dir = resolve_model_dir(name_or_dir, download=download)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     config = Qwen3Config.from_hf(model_dir / "config.json")
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
-    expected = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
-    files = _checkpoint_files(model_dir)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+    quantized: set[str] = set()
+    if load_in_4bit:
+        from .quantize import swap_to_linear4bit
 
-    tied = config.tie_word_embeddings
-    unexpected = sorted(set(files) - set(expected))
+        quantized = {f"{name}.weight" for name in swap_to_linear4bit(model, compute_dtype=dtype)}
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in read_checkpoint(model_dir, shapes, skip=("lm_head.weight",) if config.tie_word_embeddings else ()):
+        if name in quantized:
+            from .quantize import quantized_weight
+
+            module = model.get_submodule(name.removesuffix(".weight"))
+            module.weight = quantized_weight(tensor.to(dtype), module, device)
+        else:
+            state[name] = tensor.to(device=device, dtype=dtype)
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=not quantized, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Buffers (RoPE frequencies) were built on the CPU; keep them in fp32 on the target device.
+    model.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.to(device)
+    return model.eval()
+
+
+def read_checkpoint(model_dir: Path, shapes: dict[str, tuple[int, ...]],
+                    skip: tuple[str, ...] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor a model of these parameter ``shapes`` needs, read one at a time from the
+    folder's safetensors file or shards. Strict: an unexpected, missing (unless in ``skip``) or
+    misshapen tensor is a CheckpointError naming the file and the key."""
+    files = _checkpoint_files(model_dir)
+    unexpected = sorted(set(files) - set(shapes))
     if unexpected:
         raise CheckpointError(
             f"{model_dir}: unexpected tensor {unexpected[0]!r} in the checkpoint"
             + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
             + " that the config does not describe"
         )
-    needed = [n for n in expected if not (tied and n == "lm_head.weight")]
+    needed = [n for n in shapes if n not in skip]
     missing = [n for n in needed if n not in files]
     if missing:
         raise CheckpointError(
-            f"{model_dir}: missing tensor {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            f"{model_dir}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-
-    state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for name in needed:
         by_file.setdefault(files[name], []).append(name)
@@ -173,20 +203,21 @@ def load_pretrained(
         with _open_safetensors(file) as f:
             for name in names:
                 tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(expected[name].shape):
-                    raise CheckpointError(
-                        f"{file.name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                        f"the config expects {tuple(expected[name].shape)}"
-                    )
-                state[name] = tensor.to(device=device, dtype=dtype)
-    if tied:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    # Buffers (RoPE frequencies) were built on the CPU; keep them in fp32 on the target device.
-    model.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.to(device)
-    return model.eval()
+                if tuple(tensor.shape) != shapes[name]:
+                    raise CheckpointError(f"{file.name}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                          f"the config expects {shapes[name]}")
+                yield name, tensor
+
+
+def load_weights_into(model: Qwen3ForCausalLM, model_dir: str | os.PathLike) -> None:
+    """Copy a checkpoint folder's weights (one file or shards) into ``model``'s parameters, in their
+    dtype and device, one tensor at a time: how a training run's full-stage checkpoint is resumed
+    or started from."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    skip = ("lm_head.weight",) if model.config.tie_word_embeddings else ()
+    with torch.no_grad():
+        for name, tensor in read_checkpoint(Path(model_dir), {n: tuple(p.shape) for n, p in params.items()}, skip):
+            params[name].copy_(tensor)
 
 
 def save_pretrained(

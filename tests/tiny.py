@@ -37,6 +37,7 @@ def tiny_config(**overrides) -> CaptionerConfig:
         projector={"type": "mlp2x_gelu"},
         frames=FramesConfig(num_frames=4, size=64),
         max_new_tokens=8,
+        dtype="float32",  # exact comparisons with the references; "auto" is tested on its own
     )
     fields.update(overrides)
     return CaptionerConfig(**fields)

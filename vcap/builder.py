@@ -38,18 +38,35 @@ def _model_files(model_dir: Path) -> list[Path]:
                   or p.name == "model.safetensors.index.json")
 
 
-def build_language_model(spec: str, base: Path | None = None, dtype: torch.dtype = torch.float32,
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype by name; ``auto``: bfloat16 where ``device`` computes it natively (CUDA with bf16,
+    CPUs with AVX512-BF16 or AMX), else float32."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name != "auto":
+        return getattr(torch, name)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def build_language_model(spec: str, base: Path | None = None, *, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu", access: Access = OFFLINE,
-                         files: list[Path] | None = None) -> Qwen3ForCausalLM:
+                         files: list[Path] | None = None, load_in_4bit: bool = False) -> Qwen3ForCausalLM:
     """``preset:NAME`` (random weights), a model folder, a hub id (from the local cache; fetched
     only when ``access`` allows downloads), or a training run of the full stage (its newest
     checkpoint's language model). Loading is strict, safetensors only. With ``base`` (a captioner
-    folder) a path must lie inside it (see vcap.security). The files read are added to ``files``."""
+    folder) a path must lie inside it (see vcap.security). The files read are added to ``files``.
+    ``load_in_4bit``: the decoder's linear weights in NF4, quantized as they are read."""
+    from qwen3_backbone.quantize import quantize_4bit
     from qwen3_backbone.weights import is_hub_id, resolve_hub_id, resolve_model_dir
 
     if spec.startswith("preset:"):
-        model = Qwen3ForCausalLM(Qwen3Config.from_name(spec.split(":", 1)[1]))
-        return model.to(device=device, dtype=dtype).eval()
+        model = Qwen3ForCausalLM(Qwen3Config.from_name(spec.split(":", 1)[1])).to(device=device, dtype=dtype)
+        if load_in_4bit:
+            quantize_4bit(model, compute_dtype=dtype)
+        return model.eval()
     path = Path(spec).expanduser()
     in_folder = base is not None and (path.is_absolute() or ".." in path.parts or (base / path).exists())
     if base is not None and not in_folder and is_hub_id(spec):  # never a folder of the working directory
@@ -64,7 +81,7 @@ def build_language_model(spec: str, base: Path | None = None, dtype: torch.dtype
             if checkpoint is not None and (checkpoint / "language_model").exists():
                 path = checkpoint / "language_model"
         model_dir = resolve_model_dir(path if path.exists() else spec, download=access.allow_downloads)
-    model = load_pretrained(model_dir, dtype=dtype, device=device)
+    model = load_pretrained(model_dir, dtype=dtype, device=device, load_in_4bit=load_in_4bit)
     if files is not None:
         files += _model_files(model_dir)
     return model
@@ -89,20 +106,24 @@ class _Sources:
 def build_captioner(
     config: CaptionerConfig,
     base: Path | None = None,
+    *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     vision_dtype: torch.dtype | str | None = None,
     access: Access = OFFLINE,
+    load_in_4bit: bool = False,
 ) -> VideoCaptioner:
-    """Construct every part a config names. With ``base`` (a captioner folder) relative paths
-    resolve inside it and may not leave it unless ``access`` allows; without, they are the
-    caller's own paths (relative to the working folder). ``captioner.sources`` lists every file read."""
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    vision_dtype = getattr(torch, vision_dtype) if isinstance(vision_dtype, str) else (vision_dtype or dtype)
+    """Construct every part a config names, in ``dtype`` (default: the config's, ``auto`` resolved
+    for ``device``). With ``base`` (a captioner folder) relative paths resolve inside it and may not
+    leave it unless ``access`` allows; without, they are the caller's own paths (relative to the
+    working folder). ``captioner.sources`` lists every file read. ``load_in_4bit``: the language
+    model's decoder weights in NF4 (bitsandbytes), quantized as they are read."""
+    dtype = resolve_dtype(dtype or config.dtype, device)
+    vision_dtype = resolve_dtype(vision_dtype or dtype, device)
     sources = _Sources(base, access, [base / CONFIG_FILE] if base is not None else [])
     vision = _vision(config, sources).to(device=device, dtype=vision_dtype)
     backbone = build_language_model(config.language_model, base, dtype=dtype, device=device, access=access,
-                                    files=sources.files)
+                                    files=sources.files, load_in_4bit=load_in_4bit)
     language_model: nn.Module = backbone
     if config.adapter:
         from .adapter import CONFIG_FILE as ADAPTER_CONFIG, WEIGHTS_FILE as ADAPTER_WEIGHTS, load_adapter
@@ -160,20 +181,24 @@ def _tokenizer_beside(files: list[Path]) -> Path | None:
 def load_captioner(
     path_or_config: str | os.PathLike | CaptionerConfig,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     vision_dtype: torch.dtype | str | None = None,
     *,
     allow_downloads: bool = False,
     allow_external_paths: bool = False,
+    load_in_4bit: bool = False,
 ) -> VideoCaptioner:
     """A captioner from a folder written by ``save_captioner`` (or ``vcap export``), or a config.
 
-    Safe by default (see vcap.security): offline, safetensors only, and every file the folder's
-    captioner.json names must lie inside the folder. ``allow_downloads`` lets missing hub weights
-    be fetched; ``allow_external_paths`` lets the folder name files elsewhere."""
+    ``dtype``: None takes the captioner's own (``auto``: bfloat16 where the device computes it
+    natively, else float32). Safe by default (see vcap.security): offline, safetensors only, and
+    every file the folder's captioner.json names must lie inside the folder. ``allow_downloads``
+    lets missing hub weights be fetched; ``allow_external_paths`` lets the folder name files
+    elsewhere. ``load_in_4bit`` streams the language model in as NF4."""
     access = Access(allow_downloads=allow_downloads, allow_external_paths=allow_external_paths)
+    options = dict(device=device, dtype=dtype, vision_dtype=vision_dtype, access=access, load_in_4bit=load_in_4bit)
     if isinstance(path_or_config, CaptionerConfig):
-        return build_captioner(path_or_config, None, device, dtype, vision_dtype, access)
+        return build_captioner(path_or_config, None, **options)
     folder = Path(path_or_config)
     if not (folder / CONFIG_FILE).is_file():
         raise CaptionerError(
@@ -181,7 +206,7 @@ def load_captioner(
         )
     where = str(folder / CONFIG_FILE)
     config = config_from_dict(CaptionerConfig, read_config_file(folder / CONFIG_FILE), where=where)
-    return build_captioner(config, folder, device, dtype, vision_dtype, access)
+    return build_captioner(config, folder, **options)
 
 
 def save_captioner(captioner: VideoCaptioner, out_dir: str | os.PathLike, save_language_model: bool = True) -> Path:

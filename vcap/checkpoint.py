@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+SHARD_BYTES = 5 * 1024**3  # a full-stage language model is written in safetensors shards of at most this
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -74,7 +75,7 @@ def save_checkpoint(
         if stage == "lora":
             captioner.language_model.save_pretrained(str(tmp / "adapter"))
         elif stage == "full":
-            save_pretrained(captioner.backbone, tmp / "language_model")
+            save_pretrained(captioner.backbone, tmp / "language_model", max_shard_bytes=SHARD_BYTES)
         _save_optimizer(optimizer, tmp)
         _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")  # the folder is renamed into place whole
@@ -100,7 +101,7 @@ def load_checkpoint(
 def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
     """The projector, plus the adapter (lora) or the language model (full) of a checkpoint."""
     from projector import load_projector
-    from qwen3_backbone.weights import load_state_strict, read_safetensors
+    from qwen3_backbone.weights import load_weights_into
 
     source = load_projector(checkpoint / "projector")
     captioner.projector.load_state_dict(source.state_dict())
@@ -109,10 +110,7 @@ def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
 
         load_adapter_weights(captioner.language_model, checkpoint / "adapter")
     elif stage == "full" and (checkpoint / "language_model").exists():
-        weights = read_safetensors(checkpoint / "language_model" / "model.safetensors")
-        if captioner.backbone.config.tie_word_embeddings:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        load_state_strict(captioner.backbone, weights, checkpoint / "language_model")
+        load_weights_into(captioner.backbone, checkpoint / "language_model")  # one file or shards
 
 
 # -- optimizer state as safetensors + JSON -----------------------------------------------------------

@@ -151,6 +151,36 @@ def _ignore_interrupts():
     return None
 
 
+# -- opening a captioner: the options every command that loads one shares -------------------------------
+
+def add_captioner_options(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --load-in-4bit, --allow-downloads, --allow-external-paths."""
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights' dtype (default: the captioner's own; auto: bfloat16 where the device has it "
+                             "natively, else float32)")
+    parser.add_argument("--load-in-4bit", action="store_true",
+                        help="the language model's decoder weights in 4-bit NF4 (bitsandbytes; CUDA or CPU)")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
+    parser.add_argument("--allow-external-paths", action="store_true",
+                        help="let the captioner folder name files outside itself (off by default)")
+
+
+def open_captioner(args: argparse.Namespace, folder: str | None = None):
+    """The captioner the command line names, loaded as its options say; says which dtype it chose."""
+    from .builder import load_captioner
+
+    captioner = load_captioner(folder or args.captioner, device=args.device, dtype=args.dtype,
+                               allow_downloads=args.allow_downloads, allow_external_paths=args.allow_external_paths,
+                               load_in_4bit=args.load_in_4bit)
+    asked = args.dtype or captioner.config.dtype
+    why = " (auto for this device)" if asked == "auto" else ""
+    quant = ", decoder weights in 4-bit NF4" if args.load_in_4bit else ""
+    print(f"captioner on {args.device} in {str(captioner.dtype).removeprefix('torch.')}{why}{quant}", file=sys.stderr)
+    return captioner
+
+
 # -- argument types: numeric options are checked where they are parsed (argparse names the option) --
 
 def _number(kind: type, test: Callable[[float], bool], rule: str) -> Callable[[str], float]:

@@ -22,6 +22,7 @@ DEFAULT_INSTRUCTIONS = {
     "en": "Describe this video in detail.",
 }
 LANGS = ("ko", "en")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ConfigError(UsageError, ValueError):
@@ -79,8 +80,14 @@ class CaptionerConfig:
     system_prompt: str | None = None
     instructions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
     max_new_tokens: int = 128
+    # weights' dtype: auto | float32 | bfloat16 | float16. auto: bfloat16 where the device has it
+    # natively (CUDA, CPUs with AVX512-BF16/AMX) else float32 when captioning; for training, the
+    # frozen weights in bfloat16 (what is trained stays float32)
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if "type" not in self.projector:
             raise ConfigError("projector.type is required (linear, mlp2x_gelu or pooled_mlp)")
         missing = [lang for lang in LANGS if lang not in self.instructions]

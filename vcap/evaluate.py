@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli import JUDGES, load_judge, positive_int
+from .cli import JUDGES, add_captioner_options, load_judge, open_captioner, positive_int
 from .config import LANGS
 from .generation import GenerationOptions
 from .errors import UsageError
@@ -210,18 +210,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--thinking", action="store_true", help="generate with thinking on")
     parser.add_argument("--max-new-tokens", type=positive_int)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_captioner_options(parser)
     parser.add_argument("--meteor", action="store_true",
                         help="also report METEOR for English (needs Java; its jar takes ~45 s to start)")
     parser.add_argument("--no-meteor", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--judge", choices=["auto", "none", *JUDGES], default="auto",
                         help="also judge each caption's facts: auto (the synthetic-attributes judge for manifests "
                              "with attributes), none, or a judge by name")
-    parser.add_argument("--allow-downloads", action="store_true",
-                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
-    parser.add_argument("--allow-external-paths", action="store_true",
-                        help="let the captioner folder name files outside itself (off by default)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -237,8 +232,6 @@ def _judge(name: str, manifest: str) -> Judge | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .builder import load_captioner
-
     out = Path(args.out or Path(args.manifest).with_suffix(".eval.jsonl"))
     check_output_file(out, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))  # before any work
     if args.report:
@@ -246,8 +239,7 @@ def run(args: argparse.Namespace) -> int:
     if args.meteor and shutil.which("java") is None:
         raise UsageError("--meteor needs Java (e.g. apt-get install default-jre)")
     judge = _judge(args.judge, args.manifest)
-    captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype,
-                               allow_downloads=args.allow_downloads, allow_external_paths=args.allow_external_paths)
+    captioner = open_captioner(args)
     report = evaluate(captioner, args.manifest, out, batch_size=args.batch_size, thinking=args.thinking,
                       max_new_tokens=args.max_new_tokens, progress=not args.quiet, with_meteor=args.meteor, judge=judge)
     print(format_report(report))

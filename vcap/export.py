@@ -1,8 +1,10 @@
 """``vcap export RUN_DIR OUT_DIR``: a self-contained captioner folder from a training run.
 
 Takes the newest checkpoint of the run (or the checkpoint folder given), rebuilds the captioner
-from the run's resolved config, loads the trained projector and adapter (or language model),
-merges the LoRA adapter into the language model, and writes a folder that
+from the run's resolved config in the base weights' dtype (``model.dtype``; bfloat16 for
+``auto``), loads the trained projector and adapter (or language model), merges the LoRA adapter
+into the language model layer by layer (each update computed in the adapter's float32, added to
+the base weight), and writes a folder that
 ``vcap.load_captioner``, ``vcap caption``, ``vcap eval`` and ``vcap demo`` open: the language model
 in Hugging Face format (transformers loads it), the projector, the tokenizer, the vision weights
 (or their open_clip tag) and ``captioner.json``; every path in it is inside the folder.
@@ -50,14 +52,13 @@ def check_export_target(run_dir: Path, out_dir: Path, overwrite: bool) -> bool:
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
            access: Access = OFFLINE) -> Path:
-    import torch
-
     from qwen3_backbone.files import atomic_folder
 
     from .adapter import load_adapter
     from .checkpoint import latest_checkpoint, load_trainable_weights
     from .config_io import load_config
     from .builder import build_captioner, save_captioner
+    from .stages import frozen_dtype
     from .train import seed_everything
 
     checkpoint = latest_checkpoint(run_dir)
@@ -66,7 +67,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bo
     replace = check_export_target(Path(run_dir), Path(out_dir), overwrite)
     cfg = load_config(checkpoint / "config.yaml")
     seed_everything(cfg.train.seed)  # as training did: a preset (random) base model is the same one
-    captioner = build_captioner(cfg.model, base=None, dtype=torch.float32, access=access)
+    dtype = frozen_dtype(cfg)  # the base weights' dtype: what the captioner is written in
+    captioner = build_captioner(cfg.model, base=None, dtype=dtype, vision_dtype=dtype, access=access)
     stage = cfg.train.stage
     if stage == "lora":
         captioner.language_model = load_adapter(captioner.language_model, checkpoint / "adapter")

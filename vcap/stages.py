@@ -14,36 +14,45 @@ import logging
 import torch
 
 from .config import ConfigError, RunConfig
-from .quantize import quantize_4bit
 from .security import OFFLINE, Access
 
 log = logging.getLogger("vcap.train")
 
 
-def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
-    """The captioner with the stage's trainable parameters (and LoRA / 4-bit base weights)."""
-    from .builder import build_captioner
+def frozen_dtype(cfg: RunConfig) -> torch.dtype:
+    """The dtype the frozen weights are built in: ``model.dtype``, where ``auto`` means bfloat16
+    (what trains is kept in float32, see :func:`build_for_training`)."""
+    return torch.bfloat16 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
 
-    captioner = build_captioner(cfg.model, base=None, dtype=torch.float32, access=access)
-    captioner.requires_grad_(False)
-    captioner.projector.requires_grad_(not cfg.data.text_only)
+
+def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
+    """The captioner with the stage's trainable parameters (and LoRA / 4-bit base weights).
+
+    Frozen weights (the vision tower, the language model of the projector and lora stages) are
+    built straight in :func:`frozen_dtype`; with ``train.qlora`` the language model's decoder
+    weights stream in as NF4. What trains (the projector, the adapters, the whole language model
+    in the full stage) is float32, as mixed precision needs."""
+    from peft import LoraConfig, get_peft_model
+
+    from .builder import build_captioner
+    from .checkpoint import latest_checkpoint, load_trainable_weights
+
     stage = cfg.train.stage
+    dtype = torch.float32 if stage == "full" else frozen_dtype(cfg)
+    captioner = build_captioner(cfg.model, base=None, dtype=dtype, vision_dtype=frozen_dtype(cfg), access=access,
+                                load_in_4bit=cfg.train.qlora)
+    captioner.requires_grad_(False)
+    captioner.projector.float().requires_grad_(not cfg.data.text_only)
     if stage == "full":
         captioner.backbone.requires_grad_(True)
-    if cfg.train.qlora:
-        quantize_4bit(captioner.backbone)
     if stage == "lora":
-        from peft import LoraConfig, get_peft_model
-
         lora = cfg.train.lora
         peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=list(lora.targets), bias="none")
-        captioner.language_model = get_peft_model(captioner.language_model, peft_config)
+        captioner.language_model = get_peft_model(captioner.language_model, peft_config)  # adapters in float32
     if cfg.train.gradient_checkpointing:
         captioner.backbone.gradient_checkpointing_enable()
     if cfg.train.init_from:
-        from .checkpoint import latest_checkpoint, load_trainable_weights
-
         source = latest_checkpoint(cfg.train.init_from)
         if source is None:
             raise ConfigError(f"train.init_from: no checkpoint in {cfg.train.init_from}")

@@ -137,3 +137,18 @@ def test_export_works_from_any_folder_and_the_folder_is_self_contained(data, tmp
 
     captioner = load_captioner(tmp_path / "elsewhere")  # no external path needed
     assert all(p.is_relative_to((tmp_path / "elsewhere").resolve()) for p in captioner.sources)
+
+
+def test_export_writes_the_base_weights_dtype(data, tmp_path):
+    """A bfloat16 base with float32 adapters exports a bfloat16 language model that transformers loads."""
+    from safetensors.torch import load_file
+    from transformers import Qwen3ForCausalLM
+
+    from vcap.train import train
+
+    cfg = run_cfg(data, tmp_path / "run", stage="lora", max_steps=2, lr=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    cfg.model.dtype = "bfloat16"
+    assert main(["export", str(train(cfg, progress=False)), str(tmp_path / "captioner")]) == 0
+    weights = load_file(str(tmp_path / "captioner" / "language_model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    assert Qwen3ForCausalLM.from_pretrained(tmp_path / "captioner" / "language_model").dtype == torch.bfloat16

@@ -23,6 +23,7 @@ def tiny_run(data: dict[str, Path], out_dir: Path, cache: Path | None = None, **
             "projector": {"type": "mlp2x_gelu"},
             "frames": {"num_frames": 4, "size": 64},
             "max_new_tokens": 8,
+            "dtype": "float32",
         },
         "data": {"train": str(data["train"]), "val": str(data["val"]),
                  "feature_cache": str(cache) if cache else None},

@@ -39,7 +39,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import non_negative_int, positive_float, positive_int, probability
+from ..cli import add_captioner_options, non_negative_int, open_captioner, positive_float, positive_int, probability
 from ..errors import UsageError
 from ..generation import GenerationOptions
 from .discovery import VIDEO_EXTENSIONS, collect_videos
@@ -77,26 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=4, help="videos (or windows) per model batch (default 4)")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="decoding worker processes; 0 decodes in the main process")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--load-in-4bit", action="store_true", help="language model in 4-bit NF4 (CUDA, bitsandbytes)")
+    add_captioner_options(parser)
     parser.add_argument("--feature-cache", help="a vision feature cache folder from vcap train, used where it has the video")
     parser.add_argument("--retry-failed", action="store_true", help="caption again the videos recorded as failed")
-    parser.add_argument("--allow-downloads", action="store_true",
-                        help="let the captioner fetch hub weights that are not in the local cache (off: offline)")
-    parser.add_argument("--allow-external-paths", action="store_true",
-                        help="let the captioner folder name files outside itself (off by default)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar, and no decoder log lines (failures are still reported)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..builder import load_captioner
-
-    if args.load_in_4bit and not str(args.device).startswith("cuda"):
-        raise UsageError("--load-in-4bit needs a CUDA device (--device cuda)")
     if args.strategy == "fps" and args.fps is None:
         raise UsageError("--strategy fps needs --fps (frames per second, > 0)")
     options = GenerationOptions(
@@ -115,13 +103,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(Path(args.out), args.out_format)  # before the model loads: a refused output costs nothing
     pool = start_workers(args.workers, args.quiet) if args.workers > 0 else None  # they start while the model loads
     try:
-        captioner = load_captioner(args.captioner, device=args.device, dtype=args.dtype,
-                                   allow_downloads=args.allow_downloads,
-                                   allow_external_paths=args.allow_external_paths)
-        if args.load_in_4bit:
-            from ..quantize import quantize_4bit
-
-            quantize_4bit(captioner.backbone, compute_dtype=getattr(torch, args.dtype))
+        captioner = open_captioner(args)
         summary = caption_videos(captioner, videos, args.out, settings, batch, name=args.captioner, pool=pool)
     finally:
         if pool is not None:
