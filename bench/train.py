@@ -72,7 +72,8 @@ def prepare(work: Path, args) -> None:
     from qwen3_backbone import save_pretrained
     from vcap.config import CaptionerConfig
     from vcap.config_io import config_from_dict
-    from vcap.data import extract_features, read_manifest
+    from vcap.data import read_manifest
+    from vcap.features import FeatureCache, encoder_fingerprint, extract_features
     from vcap.builder import build_captioner
     from vcap.recipes.synthetic import make_dataset
 
@@ -83,10 +84,11 @@ def prepare(work: Path, args) -> None:
                                                                    "frames": {"num_frames": 4, "size": 64}}))
     save_pretrained(captioner.backbone, work / "lm")
     samples = read_manifest(manifests["train"])
-    features, _ = extract_features(captioner, [s.video for s in samples], None, progress=False)
+    cache = FeatureCache(work / "cache", encoder_fingerprint(captioner), torch.float32)
+    extract_features(captioner, [s.video for s in samples], cache, progress=False)
     from safetensors.torch import save_file
 
-    save_file({str(i): features[s.video].contiguous() for i, s in enumerate(samples)}, str(work / "features.safetensors"))
+    save_file({str(i): cache.get(s.video).contiguous() for i, s in enumerate(samples)}, str(work / "features.safetensors"))
 
 
 def measure(args) -> dict:

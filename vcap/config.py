@@ -109,13 +109,16 @@ class DataConfig:
 
     train: str = ""
     val: str | None = None
-    feature_cache: str | None = "runs/feature_cache"  # None: recompute features every run
+    feature_cache: str | None = "runs/feature_cache"  # None: a cache inside the run folder, for this run only
+    feature_dtype: str = "bfloat16"  # how stored features are kept: bfloat16 | float16 | float32
     max_samples: int | None = None  # use only the first N training samples
     text_only: bool = False  # train on the captions' text without videos (pretraining the language model)
 
     def __post_init__(self) -> None:
         if not self.train:
             raise ConfigError("data.train must name a manifest (JSONL)")
+        if self.feature_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"data.feature_dtype must be bfloat16, float16 or float32, got {self.feature_dtype!r}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"data.max_samples must be >= 1 (or null for all), got {self.max_samples}")
 

@@ -1,4 +1,5 @@
-"""Training data: manifests, the vision feature cache, tokenized samples and collation.
+"""Training data: manifests, tokenized samples, datasets over the feature store, collation and
+each epoch's batches.
 
 Manifest: JSONL, one sample per line, video paths relative to the manifest's folder:
 
@@ -6,10 +7,9 @@ Manifest: JSONL, one sample per line, video paths relative to the manifest's fol
     {"video": "clips/b.mp4", "conversations": [{"from": "human", "value": "<video>\\nWhat happens?"},
                                                 {"from": "gpt", "value": "A ball rolls."}]}
 
-``read_manifest`` reports every bad line with its number. Since the vision encoder is frozen, its
-features per video are computed once and kept in a :class:`FeatureCache` (safetensors files keyed
-by the file's identity and the encoder's), reused across epochs and runs; a video that cannot be
-read is skipped and reported, never a crash.
+``read_manifest`` reports every bad line with its number. Vision features come from the feature
+store (``vcap/features.py``), read per item; a video that cannot be read is skipped and
+reported, never a crash.
 
 A sample is tokenized with the official chat template: the user turn holds the video placeholder
 (as many <|video_pad|> as the projector outputs) and the instruction; the caption is rendered as
@@ -19,7 +19,6 @@ in the loss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from qwen3_backbone.chat import tokenize, video_message
 
 from .config import LANGS, RunConfig
 from .errors import UsageError
-from .video import VideoReadError
+from .features import FeatureCache, encoder_fingerprint, extract_features
 
 log = logging.getLogger("vcap.train")
 
@@ -178,145 +178,57 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     }
 
 
-# -- the vision feature cache ---------------------------------------------------------------------------
-
-class FeatureCache:
-    """Frozen-encoder features per video on disk: ``<folder>/<key>.safetensors``.
-
-    The key hashes the video's identity (absolute path, size, modification time) and the
-    encoder's (its config, weights fingerprint and the frame sampling), so a changed file or
-    encoder never reuses stale features. Files are written atomically.
-    """
-
-    def __init__(self, folder: str | os.PathLike, encoder_key: str) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.encoder_key = encoder_key
-
-    def key(self, video: Path) -> str:
-        stat = video.stat()
-        identity = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.encoder_key}"
-        return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any file name
-
-    def get(self, video: Path) -> torch.Tensor | None:
-        from safetensors.torch import load_file
-
-        path = self.folder / f"{self.key(video)}.safetensors"
-        if not path.exists():
-            return None
-        try:
-            return load_file(str(path))["features"]
-        except Exception:  # a damaged cache file is recomputed, not trusted
-            return None
-
-    def put(self, video: Path, features: torch.Tensor) -> None:
-        from safetensors.torch import save
-
-        from .outputs import escape_surrogates, write_bytes
-
-        data = save({"features": features.detach().cpu().contiguous()}, metadata={"video": escape_surrogates(str(video))})
-        write_bytes(self.folder / f"{self.key(video)}.safetensors", data)
-
-
-def encoder_fingerprint(captioner) -> str:
-    """Identity of the frozen encoder and frame sampling (part of every cache key)."""
-    from .config_io import config_to_dict
-
-    digest = hashlib.sha256()
-    digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
-    digest.update(json.dumps(config_to_dict(captioner.config.frames), sort_keys=True).encode())
-    for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().flatten()[:64].numpy().tobytes())  # cheap weight fingerprint
-        digest.update(str(float(tensor.float().sum())).encode())
-    return digest.hexdigest()[:16]
-
-
-def extract_features(
-    captioner, videos: Sequence[Path], cache: FeatureCache | None, progress: bool = True, batch: int = 8
-) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
-    """Vision features (T, P, Dv) for every readable video, from the cache where possible.
-
-    Returns (features by video, reason by unreadable video)."""
-    from .progress import progress_bar
-
-    features: dict[Path, torch.Tensor] = {}
-    failed: dict[Path, str] = {}
-    todo: list[Path] = []
-    for video in dict.fromkeys(videos):
-        cached = cache.get(video) if cache is not None and video.exists() else None
-        if cached is not None:
-            features[video] = cached
-        else:
-            todo.append(video)
-    bar = progress_bar(len(todo), "vision features", "video", enabled=progress and bool(todo))
-    for start in range(0, len(todo), batch):
-        chunk, clips = [], []
-        for video in todo[start : start + batch]:
-            try:
-                clips.append(captioner.read(str(video)))
-                chunk.append(video)
-            except VideoReadError as e:
-                failed[video] = e.reason
-        if clips:
-            for video, feats in zip(chunk, captioner.encode([c.frames for c in clips])):
-                feats = feats.float().cpu()
-                features[video] = feats
-                if cache is not None:
-                    cache.put(video, feats)
-        bar.update(len(todo[start : start + batch]))
-    bar.close()
-    return features, failed
-
-
 class CaptionDataset(torch.utils.data.Dataset):
-    """Tokenized samples with their cached vision features; unreadable videos already dropped.
+    """Tokenized samples; each item's vision features are read from the feature store when the item
+    is (so memory follows the batch, not the dataset). Samples whose video has no stored features
+    (it could not be read) are left out. ``cache=None``: a text-only dataset (no video in the prompt)."""
 
-    ``features=None`` builds a text-only dataset (no video in the prompt, ``features`` None).
-    """
-
-    def __init__(self, samples: Sequence[Sample], features: dict[Path, torch.Tensor] | None, captioner) -> None:
-        self.items = []
-        self.samples = []
+    def __init__(self, samples: Sequence[Sample], cache: FeatureCache | None, captioner) -> None:
+        self.cache = cache
+        self.samples: list[Sample] = []
+        self.tokens: list[tuple[np.ndarray, np.ndarray]] = []  # (input_ids, labels) as int32
         for sample in samples:
-            feats = features.get(sample.video) if features is not None else None
-            if features is not None and feats is None:
+            frames = cache.frames(sample.video) if cache is not None else 0
+            if frames is None:
                 continue
-            n = captioner.num_video_tokens(feats.shape[0]) if feats is not None else 0
+            n = captioner.num_video_tokens(frames) if frames else 0
             ids, labels = tokenize_sample(captioner.tokenizer, sample, n, captioner.config.system_prompt)
-            self.items.append({"features": feats, "input_ids": ids, "labels": labels})
+            self.tokens.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
             self.samples.append(sample)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.items[index]
+        ids, labels = self.tokens[index]
+        features = self.cache.get(self.samples[index].video) if self.cache is not None else None
+        return {"features": features, "input_ids": ids, "labels": labels}
 
 
 # -- a run's datasets and batches -------------------------------------------------------------------------
 
-def build_datasets(cfg: RunConfig, captioner, progress: bool) -> tuple[CaptionDataset, CaptionDataset | None]:
-    """A run's training and validation sets: manifests read, vision features from the cache or
-    computed (unreadable videos skipped and logged), samples tokenized."""
+def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, world: int = 1,
+                   barrier=lambda: None) -> tuple[CaptionDataset, CaptionDataset | None]:
+    """A run's training and validation sets: manifests read, vision features stored (each of
+    ``world`` processes extracts its share, then all wait at ``barrier``; unreadable videos are
+    skipped and logged), samples tokenized."""
     train_samples = read_manifest(cfg.data.train, captioner.config.instructions)
     if cfg.data.max_samples:
         train_samples = train_samples[: cfg.data.max_samples]
     val_samples = read_manifest(cfg.data.val, captioner.config.instructions) if cfg.data.val else []
-    if cfg.data.text_only:
-        train_set = CaptionDataset(train_samples, None, captioner)
-        val_set = CaptionDataset(val_samples, None, captioner) if val_samples else None
-        log.info("text-only training samples: %d; validation samples: %d", len(train_set), len(val_set) if val_set else 0)
-        return train_set, val_set
-    cache = FeatureCache(cfg.data.feature_cache, encoder_fingerprint(captioner)) if cfg.data.feature_cache else None
-    videos = [s.video for s in train_samples + val_samples]
-    features, failed = extract_features(captioner, videos, cache, progress=progress)
-    for video, reason in failed.items():
-        log.warning("skipped unreadable video %s: %s", video, reason)
-    train_set = CaptionDataset(train_samples, features, captioner)
-    val_set = CaptionDataset(val_samples, features, captioner) if val_samples else None
-    log.info("training samples: %d (%d videos skipped); validation samples: %d",
-             len(train_set), len(failed), len(val_set) if val_set else 0)
+    cache = None
+    if not cfg.data.text_only:
+        folder = cfg.data.feature_cache or Path(cfg.train.out_dir) / "feature_cache"  # None: this run's own
+        cache = FeatureCache(folder, encoder_fingerprint(captioner), getattr(torch, cfg.data.feature_dtype))
+        videos = list(dict.fromkeys(s.video for s in train_samples + val_samples))
+        for video, reason in extract_features(captioner, videos[rank::world], cache, progress=progress).items():
+            log.warning("skipped unreadable video %s: %s", video, reason)
+        barrier()
+    train_set = CaptionDataset(train_samples, cache, captioner)
+    val_set = CaptionDataset(val_samples, cache, captioner) if val_samples else None
+    skipped = len(train_samples) - len(train_set) + (len(val_samples) - len(val_set) if val_set else 0)
+    log.info("%straining samples: %d (%d skipped: their video could not be read); validation samples: %d",
+             "text-only " if cache is None else "", len(train_set), skipped, len(val_set) if val_set else 0)
     if len(train_set) == 0:
         raise UsageError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
     return train_set, val_set

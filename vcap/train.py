@@ -103,7 +103,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
         write_text(out / "config.yaml", config_yaml)
 
     captioner = stages.build_for_training(cfg, access)
-    train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process)
+    train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process,
+                                        accelerator.process_index, accelerator.num_processes,
+                                        accelerator.wait_for_everyone)
     optimizer, scheduler, total_steps = build_optimizer(cfg, captioner, len(train_set), accelerator.num_processes)
     model, optimizer = accelerator.prepare(captioner, optimizer)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.train.precision == "fp16")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vcap.data import IGNORE_INDEX, FeatureCache, ManifestError, encoder_fingerprint, extract_features, read_manifest
+from vcap.data import IGNORE_INDEX, ManifestError, read_manifest
+from vcap.features import FeatureCache, encoder_fingerprint, extract_features
 
 
 def test_manifest_forms_and_relative_paths(tmp_path):
@@ -71,14 +72,16 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, data):
     captioner = tiny_captioner()
     videos = sorted({s.video for s in read_manifest(data["train"])})
     cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(captioner))
-    first, failed = extract_features(captioner, videos, cache, progress=False)
+    failed = extract_features(captioner, videos, cache, progress=False)
     assert not failed and len(list((tmp_path / "cache").glob("*.safetensors"))) == len(videos)
+    first = {v: cache.get(v) for v in videos}
+    assert all(f.dtype == torch.bfloat16 and f.shape[0] == 4 for f in first.values())  # stored in bfloat16
 
     calls = []
     original = captioner.encode
     captioner.encode = lambda clips: calls.append(len(clips)) or original(clips)
-    again, _ = extract_features(captioner, videos, cache, progress=False)
-    assert calls == [] and all(torch.equal(first[v], again[v]) for v in videos)
+    extract_features(captioner, videos, cache, progress=False)
+    assert calls == [] and all(torch.equal(first[v], cache.get(v)) for v in videos)
 
     os.utime(videos[0], ns=(1, 1))  # the file changed: its features are recomputed
     extract_features(captioner, videos, cache, progress=False)

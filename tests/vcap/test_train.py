@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from vcap.cli import main
 from vcap.config_io import load_config
-from vcap.data import extract_features, read_manifest
+from vcap.data import read_manifest
+from vcap.features import FeatureCache, encoder_fingerprint, extract_features
 
 from .trainkit import metrics, run_cfg, tiny_run, write_yaml
 
@@ -139,7 +140,7 @@ def test_unreadable_videos_are_skipped_and_logged(tmp_path, data):
     run = train(cfg, progress=False)
     log = (run / "train.log").read_text()
     assert "skipped unreadable video" in log and "broken.mp4" in log and "missing.mp4" in log
-    assert "training samples: 4 (2 videos skipped)" in log
+    assert "training samples: 4 (2 skipped: their video could not be read)" in log
 
 
 def test_qlora_on_cpu(tmp_path, data):
@@ -252,8 +253,9 @@ def test_gradient_checkpointing_and_bf16_mixed_precision_train(tmp_path, data):
         seed_everything(0)
         captioner = build_for_training(cfg)
         samples = read_manifest(data["train"])[:4]
-        features, _ = extract_features(captioner, [s.video for s in samples], None, progress=False)
-        batch = collate([CaptionDataset(samples, features, captioner)[i] for i in range(4)], captioner.tokenizer.pad_id)
+        cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(captioner), torch.float32)
+        extract_features(captioner, [s.video for s in samples], cache, progress=False)
+        batch = collate([CaptionDataset(samples, cache, captioner)[i] for i in range(4)], captioner.tokenizer.pad_id)
         loss = captioner(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in captioner.named_parameters() if p.grad is not None}

@@ -164,7 +164,7 @@ def _feature_cache(captioner, settings: BatchSettings, frames: dict[str, Any], f
     if not folder or settings.segments or not Path(folder).is_dir() \
             or (frames["num_frames"], frames["strategy"]) != (cfg.num_frames, cfg.strategy):
         return None
-    from ..data import encoder_fingerprint
+    from ..features import encoder_fingerprint
 
     return str(folder), encoder_fingerprint(captioner)
 

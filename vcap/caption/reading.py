@@ -66,7 +66,7 @@ def read_task(task: Task, path: str, frames_cfg: dict[str, Any], cache: tuple[st
         else:
             features = None
             if cache is not None:
-                from ..data import FeatureCache
+                from ..features import FeatureCache
 
                 features = FeatureCache(cache[0], cache[1]).get(Path(path))
             if features is not None:  # no decoding: the frames' metadata from the header

@@ -1,0 +1,118 @@
+"""The vision feature store: the frozen encoder's features per video, on disk, read per batch.
+
+The vision encoder is frozen, so a video's features (T, P, Dv) are computed once and kept in a
+:class:`FeatureCache`: one safetensors file per video, keyed by the file's identity (absolute
+path, size, modification time) and the encoder's (its config, a weights fingerprint, the frame
+sampling), so a changed file or encoder never reuses stale features. Files are stored in
+``data.feature_dtype`` (bfloat16 by default: half of float32) and written atomically; training
+reads each sample's features when its batch needs them, so resident memory does not grow with
+the number of clips. With several processes each extracts its own share of the videos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .video import VideoReadError
+
+
+class FeatureCache:
+    """Features per video: ``<folder>/<key>.safetensors`` (one tensor, ``features``)."""
+
+    def __init__(self, folder: str | os.PathLike, encoder_key: str, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.encoder_key = encoder_key
+        self.dtype = dtype
+
+    def key(self, video: Path) -> str:
+        stat = video.stat()
+        identity = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.encoder_key}"
+        return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any file name
+
+    def path(self, video: Path) -> Path | None:
+        """The cache file of ``video`` (None when the video itself cannot be read)."""
+        try:
+            return self.folder / f"{self.key(video)}.safetensors"
+        except OSError:
+            return None
+
+    def frames(self, video: Path) -> int | None:
+        """How many frames the stored features have (read from the header, not the data); None
+        when nothing usable is stored."""
+        from safetensors import safe_open
+
+        path = self.path(video)
+        if path is None or not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int(f.get_slice("features").get_shape()[0])
+        except Exception:  # a damaged cache file is recomputed, not trusted
+            return None
+
+    def get(self, video: Path) -> torch.Tensor | None:
+        """The stored features (T, P, Dv) in the stored dtype, or None."""
+        from safetensors.torch import load_file
+
+        path = self.path(video)
+        if path is None or not path.exists():
+            return None
+        try:
+            return load_file(str(path))["features"]
+        except Exception:  # a damaged cache file is recomputed, not trusted
+            return None
+
+    def put(self, video: Path, features: torch.Tensor) -> None:
+        from safetensors.torch import save
+
+        from .outputs import escape_surrogates, write_bytes
+
+        data = save({"features": features.detach().to("cpu", self.dtype).contiguous()},
+                    metadata={"video": escape_surrogates(str(video))})
+        write_bytes(self.path(video), data)
+
+
+def encoder_fingerprint(captioner) -> str:
+    """Identity of the frozen encoder and frame sampling (part of every cache key)."""
+    from .config_io import config_to_dict
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
+    digest.update(json.dumps(config_to_dict(captioner.config.frames), sort_keys=True).encode())
+    for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().flatten()[:64].numpy().tobytes())  # cheap weight fingerprint
+        digest.update(str(float(tensor.float().sum())).encode())
+    return digest.hexdigest()[:16]
+
+
+def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, progress: bool = True,
+                     batch: int = 8) -> dict[Path, str]:
+    """Store the features of every readable video of ``videos`` that the cache does not hold yet;
+    returns the reason for each video that could not be read. Nothing is kept in memory."""
+    from .progress import progress_bar
+
+    failed: dict[Path, str] = {}
+    todo = [video for video in dict.fromkeys(videos) if cache.frames(video) is None]
+    bar = progress_bar(len(todo), "vision features", "video", enabled=progress and bool(todo))
+    for start in range(0, len(todo), batch):
+        chunk, clips = [], []
+        for video in todo[start : start + batch]:
+            try:
+                clips.append(captioner.read(str(video)))
+                chunk.append(video)
+            except VideoReadError as e:
+                failed[video] = e.reason
+        if clips:
+            for video, feats in zip(chunk, captioner.encode([c.frames for c in clips])):
+                cache.put(video, feats)
+        bar.update(len(todo[start : start + batch]))
+    bar.close()
+    return failed
