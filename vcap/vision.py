@@ -6,6 +6,10 @@
   None for random weights (tests and the offline quickstart), drawn from ``seed`` so that the
   same config always builds the same encoder. Only safetensors are read. Offline and uncached, a
   tag fails at once with a message saying how to pass a local file.
+- A tag also sets the architecture and preprocessing it was trained with (QuickGELU for the
+  ``openai`` weights, SigLIP's mean and std ...). Weights from a local file say which tag they
+  are with ``tag`` (or ``quick_gelu`` explicitly); a file for a model whose tags disagree on
+  QuickGELU is refused without one, since the wrong activation gives a silently wrong tower.
 - ``feature_layer`` picks the block whose output is used (-1 last, -2 second to last as LLaVA
   does); blocks after it are pruned so they never run. A ViT's blocks are its transformer
   blocks; a ModifiedResNet's (open_clip's ``RN50`` family) are its stem and its four stages,
@@ -104,6 +108,8 @@ class VisionConfig:
     seed: int = 0  # random weights are drawn from this seed: the same config is the same encoder
     feature_layer: int = -2  # which block's output: -1 last, -2 second to last (LLaVA)
     use_cls_token: bool = False
+    tag: str | None = None  # the open_clip tag local weights were published as: its settings apply
+    quick_gelu: bool | None = None  # None: as the tag says (False without a tag)
     download: bool = False  # kept so that older captioner.json files load; only the caller allows downloads
     model_overrides: dict[str, Any] | None = None  # architecture keys of open_clip's model_cfg (ALLOWED_OVERRIDES)
 
@@ -167,7 +173,8 @@ class VisionEncoder(nn.Module):
         self.config = config
         model, self.weights_file = _create_model(config, access)  # weights_file: what was loaded, if any
         self.visual = model.visual
-        self.preprocess_cfg: dict[str, Any] = dict(open_clip.get_model_preprocess_cfg(model))
+        preprocess = {k: v for k, v in tag_settings(config).items() if k != "quick_gelu"}  # as the weights were trained
+        self.preprocess_cfg: dict[str, Any] = {**open_clip.get_model_preprocess_cfg(model), **preprocess}
         del model  # the text tower is not needed
 
         self.is_resnet = isinstance(self.visual, ModifiedResNet)
@@ -299,11 +306,8 @@ def _create_model(config: VisionConfig, access: Access) -> tuple[nn.Module, Path
     elif config.model_name not in open_clip.list_models():
         raise VisionLoadError(f"vision.model_name {config.model_name!r} is not an open_clip model "
                               f"(see open_clip.list_models(), e.g. ViT-B-32, ViT-L-14, RN50)")
-    quick_gelu, weights = False, None
-    if config.pretrained:
-        weights = resolve_pretrained(config.model_name, config.pretrained, access.allow_downloads)
-        if not Path(config.pretrained).suffix:
-            quick_gelu = bool(open_clip.get_pretrained_cfg(config.model_name, config.pretrained).get("quick_gelu"))
+    weights = resolve_pretrained(config.model_name, config.pretrained, access.allow_downloads) if config.pretrained else None
+    quick_gelu = bool(tag_settings(config).get("quick_gelu"))
     quiet = _DropMessage("No pretrained weights loaded")  # random weights here are deliberate
     logging.getLogger().addFilter(quiet)
     try:
@@ -319,6 +323,41 @@ def _create_model(config: VisionConfig, access: Access) -> tuple[nn.Module, Path
     if weights is not None:
         _load_safetensors(model, weights)
     return model, weights
+
+
+def settings_tag(config: VisionConfig) -> str | None:
+    """The open_clip tag whose settings the tower takes: ``pretrained`` when it is a tag, else ``tag``."""
+    if config.pretrained and not Path(config.pretrained).suffix and os.sep not in config.pretrained:
+        return config.pretrained
+    return config.tag
+
+
+def tag_settings(config: VisionConfig) -> dict[str, Any]:
+    """QuickGELU and preprocessing (mean, std, interpolation, resize_mode) as the weights were trained:
+    from the tag's open_clip pretrained config, ``quick_gelu`` overriding. Refuses local weights that
+    do not say which they need (see the module docstring)."""
+    import open_clip
+
+    tag = settings_tag(config)
+    if tag is not None and config.model_name.startswith(HUB_SCHEMES):
+        return {}
+    if tag is not None and not open_clip.get_pretrained_cfg(config.model_name, tag):
+        raise VisionLoadError(f"vision.tag: open_clip has no tag {tag!r} for {config.model_name} "
+                              f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(config.model_name))})")
+    settings = {k: v for k, v in (open_clip.get_pretrained_cfg(config.model_name, tag) if tag else {}).items()
+                if k in ("quick_gelu", "mean", "std", "interpolation", "resize_mode")}
+    if config.quick_gelu is not None:
+        settings["quick_gelu"] = config.quick_gelu
+    elif tag is None and config.pretrained:  # local weights that do not say
+        tags = open_clip.list_pretrained_tags_by_model(config.model_name)
+        kinds = {bool(open_clip.get_pretrained_cfg(config.model_name, t).get("quick_gelu")) for t in tags}
+        if len(kinds) > 1:
+            quick = [t for t in tags if open_clip.get_pretrained_cfg(config.model_name, t).get("quick_gelu")]
+            raise VisionLoadError(
+                f"vision.pretrained {config.pretrained!r}: {config.model_name} weights differ in their activation "
+                f"(QuickGELU for {', '.join(quick[:3])}, ...; GELU for others). Say which tag the file was "
+                f"published as (vision.tag: openai) or set vision.quick_gelu: true|false")
+    return settings
 
 
 def _model_overrides(config: VisionConfig) -> dict[str, Any]:

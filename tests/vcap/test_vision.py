@@ -106,7 +106,8 @@ def test_local_safetensors_and_round_trip(tmp_path):
                                                                   if isinstance(v, dict) else v for k, v in overrides.items()})
     path = tmp_path / "open_clip_model.safetensors"  # a whole CLIP checkpoint, as open_clip publishes them
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
-    loaded = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(path), feature_layer=-1, model_overrides=overrides))
+    loaded = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(path), feature_layer=-1, model_overrides=overrides,
+                                        quick_gelu=False))  # the file was made with GELU
     assert torch.equal(loaded.visual.conv1.weight, clip.visual.conv1.weight)
     other = VisionEncoder(VisionConfig("ViT-B-32", feature_layer=-1, model_overrides=overrides))
     assert not torch.equal(other.visual.conv1.weight, clip.visual.conv1.weight)
@@ -194,3 +195,49 @@ def test_resnet_tower_round_trip_and_frozen_batch_norm(tmp_path):
         VisionEncoder(VisionConfig(**{**TINY_RESNET, "use_cls_token": True}))
     with pytest.raises(ValueError, match="outside a 5-block model"):
         VisionEncoder(VisionConfig(**{**TINY_RESNET, "feature_layer": -6}))
+
+
+def test_local_weights_build_the_tags_architecture(tmp_path, monkeypatch):
+    """The openai ViT-B-32 weights need QuickGELU: through the tag (from a Hugging Face cache) and from
+    a local file with `tag: openai`, the tower is the same; a file that does not say is refused, and
+    the wrong activation would change every feature."""
+    import huggingface_hub.constants
+    import open_clip
+    from safetensors.torch import save_file
+
+    from ..tiny import TINY_VISION
+
+    overrides = TINY_VISION["model_overrides"]
+    torch.manual_seed(3)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True,
+                                  **{k: {**open_clip.get_model_config("ViT-B-32")[k], **v} if isinstance(v, dict) else v
+                                     for k, v in overrides.items()})
+    weights = {k: v.contiguous() for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    repo = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")  # a cache as `hf download` leaves it
+    cached = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text("0" * 40)
+    (cached / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(weights, str(cached / "snapshots" / ("0" * 40) / "open_clip_model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    local = tmp_path / "ViT-B-32-openai.safetensors"
+    save_file(weights, str(local))
+
+    common = dict(feature_layer=-1, model_overrides=overrides)
+    by_tag = VisionEncoder(VisionConfig("ViT-B-32", pretrained="openai", **common))
+    by_file = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(local), tag="openai", **common))
+    wrong = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(local), quick_gelu=False, **common))
+    pixels = by_tag.preprocess(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.equal(by_file(pixels), by_tag(pixels))
+        assert not torch.allclose(wrong(pixels), by_tag(pixels), atol=1e-3)
+    with pytest.raises(VisionLoadError, match="vision.tag: openai"):
+        VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(local), **common))
+
+
+def test_a_tags_preprocessing_is_its_own():
+    siglip = VisionConfig("ViT-B-16-SigLIP", tag="webli", feature_layer=-1, model_overrides={
+        "vision_cfg": {"width": 64, "layers": 1, "head_width": 32, "patch_size": 16, "image_size": 64}})
+    from vcap.vision import tag_settings
+
+    assert tag_settings(siglip)["mean"] == (0.5, 0.5, 0.5) and tag_settings(siglip)["resize_mode"] == "squash"
