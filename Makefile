@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test quickstart chromium clean
+.PHONY: install test test-gpu quickstart chromium clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the GPU tests (marked `gpu`; they skip without CUDA); on a CUDA machine install a CUDA torch first
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu -s
 
 quickstart: install
 	$(BIN)/vcap quickstart

@@ -7,7 +7,7 @@ A checkpoint holds what resuming needs to continue exactly:
 - ``language_model/``: the full language model (Hugging Face format), for the full stage;
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW moments and parameter groups;
 - ``rng.safetensors`` + ``trainer_state.json``: step, data position (epoch, batch), scheduler
-  state, Python/NumPy/torch random states;
+  and gradient-scaler state, Python/NumPy/torch random states (the CPU's and every GPU's);
 - ``config.yaml``: the resolved run config.
 
 It is written into a hidden temporary folder and renamed into place, so a kill never leaves a
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import UsageError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 SHARD_BYTES = 5 * 1024**3  # a full-stage language model is written in safetensors shards of at most this
@@ -150,7 +152,10 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 def _save_rng_and_state(folder: Path, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    save_file({"torch": torch.get_rng_state()}, str(folder / "rng.safetensors"))
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # every GPU's generator too: dropout on GPU resumes exactly
+        states.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(states, str(folder / "rng.safetensors"))
     py_state = random.getstate()
     np_state = np.random.get_state()
     payload = {
@@ -164,7 +169,14 @@ def _save_rng_and_state(folder: Path, state: dict[str, Any]) -> None:
 def _load_rng_and_state(folder: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    states = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(states["torch"])
+    cuda = [states[f"cuda.{i}"] for i in range(len(states) - 1) if f"cuda.{i}" in states]
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            raise UsageError(f"{folder}: saved with {len(cuda)} GPU random states, this machine has "
+                             f"{torch.cuda.device_count()} GPUs; resume with the same number of GPUs")
+        torch.cuda.set_rng_state_all(cuda)
     state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     version, internal, gauss = state.pop("python_random")
     random.setstate((version, tuple(internal), gauss))
