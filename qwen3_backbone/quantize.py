@@ -71,3 +71,27 @@ def quantize_4bit(model: nn.Module, compute_dtype: torch.dtype = torch.float32) 
         if biases[name] is not None:
             module.bias = nn.Parameter(biases[name].detach().to(devices[name]), requires_grad=False)
     return len(names)
+
+
+def footprint(model: nn.Module) -> dict[str, int]:
+    """What a model's weights occupy: ``bytes`` (parameters and buffers, each storage once, with
+    the 4-bit layers' quantization statistics), ``params_4bit`` (parameters stored as NF4) and
+    ``params_plain`` (the others)."""
+    seen: set[int] = set()
+    total = packed = plain = 0
+
+    def count(tensor: torch.Tensor) -> int:
+        if tensor.data_ptr() in seen:
+            return 0
+        seen.add(tensor.data_ptr())
+        return tensor.numel() * tensor.element_size()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        total += count(tensor)
+        state = getattr(tensor, "quant_state", None)
+        if state is None:
+            plain += tensor.numel() if isinstance(tensor, nn.Parameter) else 0
+            continue
+        packed += state.shape.numel()
+        total += sum(count(t) for t in state.as_dict().values() if isinstance(t, torch.Tensor))
+    return {"bytes": total, "params_4bit": packed, "params_plain": plain}

@@ -57,6 +57,17 @@ def test_streamed_4bit_equals_transformers_with_bitsandbytes(checkpoints, name):
     if name == "moe":
         return  # and so its logits differ by the experts' quantization
     assert ours.model.embed_tokens.weight.dtype == torch.bfloat16  # embeddings and head stay bf16
+    # the same weights kept the same way: as many bytes as transformers' model, statistics included,
+    # and its own count (which leaves the statistics out) plus those statistics
+    from qwen3_backbone.quantize import footprint
+
+    def weights_only(model):  # transformers keeps a second copy of the RoPE frequencies as a buffer
+        return {**footprint(model), "bytes": footprint(model)["bytes"] - sum(b.nbytes for b in model.buffers())}
+
+    assert weights_only(ours) == weights_only(theirs)
+    statistics = sum(t.numel() * t.element_size() for m in theirs.modules() if isinstance(m, bnb.nn.Linear4bit)
+                     for t in m.weight.quant_state.as_dict().values() if isinstance(t, torch.Tensor))
+    assert footprint(ours)["bytes"] - statistics <= theirs.get_memory_footprint() <= footprint(ours)["bytes"]
     ids, mask = padded_batch()
     with torch.no_grad():
         a, b = ours(ids, attention_mask=mask).float(), theirs(ids, attention_mask=mask).logits.float()
