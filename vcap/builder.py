@@ -27,7 +27,7 @@ from .model import VideoCaptioner
 from .outputs import OutputError, write_bytes, write_json
 from .processor import VideoProcessor
 from .security import OFFLINE, Access, inside
-from .vision import VisionEncoder
+from .vision import VisionEncoder, settings_tag
 
 CONFIG_FILE = "captioner.json"
 
@@ -233,14 +233,13 @@ def save_captioner(captioner: VideoCaptioner, out_dir: str | os.PathLike, save_l
     elif hasattr(captioner.language_model, "save_pretrained"):
         captioner.language_model.save_pretrained(str(out / "adapter"))
         config["adapter"] = "adapter"
-    pretrained = captioner.config.vision.pretrained
-    from_file = bool(pretrained) and Path(pretrained).suffix != ""
-    if not pretrained or from_file or captioner.config.vision_weights:  # anything but a published tag alone
-        from safetensors.torch import save
+    # The image tower's weights always travel with the folder (a tag's too: the folder must not
+    # depend on a cache); the tag it came from stays as vision.tag, for its architecture settings.
+    from safetensors.torch import save
 
-        write_bytes(out / "vision.safetensors", save(captioner.vision.weights(), metadata={"format": "pt"}))
-        config["vision_weights"] = "vision.safetensors"
-        if from_file:
-            config["vision"]["pretrained"] = None
+    write_bytes(out / "vision.safetensors", save(captioner.vision.weights(), metadata={"format": "pt"}))
+    config["vision_weights"] = "vision.safetensors"
+    config["vision"]["tag"] = settings_tag(captioner.config.vision)
+    config["vision"]["pretrained"] = None
     write_json(out / CONFIG_FILE, config)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -197,10 +198,10 @@ def test_resnet_tower_round_trip_and_frozen_batch_norm(tmp_path):
         VisionEncoder(VisionConfig(**{**TINY_RESNET, "feature_layer": -6}))
 
 
-def test_local_weights_build_the_tags_architecture(tmp_path, monkeypatch):
-    """The openai ViT-B-32 weights need QuickGELU: through the tag (from a Hugging Face cache) and from
-    a local file with `tag: openai`, the tower is the same; a file that does not say is refused, and
-    the wrong activation would change every feature."""
+@pytest.fixture
+def openai_cache(tmp_path, monkeypatch):
+    """Tiny ViT-B-32 weights with QuickGELU, published as the `openai` tag in a Hugging Face cache
+    (as `hf download` leaves it) and as a local file; returns (weights, local file)."""
     import huggingface_hub.constants
     import open_clip
     from safetensors.torch import save_file
@@ -213,7 +214,7 @@ def test_local_weights_build_the_tags_architecture(tmp_path, monkeypatch):
                                   **{k: {**open_clip.get_model_config("ViT-B-32")[k], **v} if isinstance(v, dict) else v
                                      for k, v in overrides.items()})
     weights = {k: v.contiguous() for k, v in clip.state_dict().items() if k.startswith("visual.")}
-    repo = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")  # a cache as `hf download` leaves it
+    repo = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")
     cached = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
     (cached / "refs").mkdir(parents=True)
     (cached / "refs" / "main").write_text("0" * 40)
@@ -222,7 +223,17 @@ def test_local_weights_build_the_tags_architecture(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     local = tmp_path / "ViT-B-32-openai.safetensors"
     save_file(weights, str(local))
+    return weights, local
 
+
+def test_local_weights_build_the_tags_architecture(openai_cache):
+    """The openai ViT-B-32 weights need QuickGELU: through the tag (from a Hugging Face cache) and from
+    a local file with `tag: openai`, the tower is the same; a file that does not say is refused, and
+    the wrong activation would change every feature."""
+    from ..tiny import TINY_VISION
+
+    overrides = TINY_VISION["model_overrides"]
+    _, local = openai_cache
     common = dict(feature_layer=-1, model_overrides=overrides)
     by_tag = VisionEncoder(VisionConfig("ViT-B-32", pretrained="openai", **common))
     by_file = VisionEncoder(VisionConfig("ViT-B-32", pretrained=str(local), tag="openai", **common))
@@ -241,3 +252,26 @@ def test_a_tags_preprocessing_is_its_own():
     from vcap.vision import tag_settings
 
     assert tag_settings(siglip)["mean"] == (0.5, 0.5, 0.5) and tag_settings(siglip)["resize_mode"] == "squash"
+
+
+def test_a_saved_captioner_carries_its_towers_weights(openai_cache, tmp_path, monkeypatch):
+    """A captioner built on a cached tag is saved with the tower's weights and the tag's settings:
+    it loads and computes the same features once the cache is gone."""
+    import huggingface_hub.constants
+
+    from vcap.builder import build_captioner, load_captioner, save_captioner
+
+    from ..tiny import TINY_VISION, tiny_config
+
+    config = tiny_config(vision=VisionConfig(**{**TINY_VISION, "pretrained": "openai"}))
+    captioner = build_captioner(config)
+    save_captioner(captioner, tmp_path / "captioner")
+    saved = json.loads((tmp_path / "captioner" / "captioner.json").read_text())
+    assert saved["vision"]["pretrained"] is None and saved["vision"]["tag"] == "openai"
+    assert saved["vision_weights"] == "vision.safetensors"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    loaded = load_captioner(tmp_path / "captioner")
+    assert all(p.is_relative_to((tmp_path / "captioner").resolve()) for p in loaded.sources)
+    pixels = captioner.vision.preprocess(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.equal(loaded.vision(pixels), captioner.vision(pixels))  # QuickGELU kept: same features
