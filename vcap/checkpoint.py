@@ -8,7 +8,9 @@ A checkpoint holds what resuming needs to continue exactly:
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW moments and parameter groups;
 - ``rng.safetensors`` + ``trainer_state.json``: step, data position (epoch, batch), scheduler
   and gradient-scaler state, Python/NumPy/torch random states (the CPU's and every GPU's);
-- ``config.yaml``: the resolved run config.
+- ``config.yaml``: the resolved run config;
+- ``fsdp/`` in place of the weights and optimizer files for a sharded run (``train.fsdp``): each
+  process's slices, see vcap.sharding.
 
 It is written into a hidden temporary folder and renamed into place, so a kill never leaves a
 half checkpoint; only the last ``keep_last`` are kept. No pickle is written or read.
@@ -66,19 +68,27 @@ def save_checkpoint(
     state: dict[str, Any],
     config_yaml: str,
     keep_last: int,
+    shards: Path | None = None,
 ) -> Path:
+    """Write ``run_dir/step-N``. ``shards``: a folder of a sharded run's per-process files (see
+    vcap.sharding), moved in as ``fsdp/`` in place of the weights and optimizer files."""
     from projector import save_projector
     from qwen3_backbone import save_pretrained
     from qwen3_backbone.files import atomic_folder
 
+    from .sharding import SHARDS
+
     final = run_dir / f"step-{step:08d}"
     with atomic_folder(final, prefix=f".tmp-step-{step:08d}-", replace=True) as tmp:  # our own step folder
-        save_projector(captioner.projector, tmp / "projector")
-        if stage == "lora":
-            captioner.language_model.save_pretrained(str(tmp / "adapter"))
-        elif stage == "full":
-            save_pretrained(captioner.backbone, tmp / "language_model", max_shard_bytes=SHARD_BYTES)
-        _save_optimizer(optimizer, tmp)
+        if shards is not None:
+            os.replace(shards, tmp / SHARDS)
+        else:
+            save_projector(captioner.projector, tmp / "projector")
+            if stage == "lora":
+                captioner.language_model.save_pretrained(str(tmp / "adapter"))
+            elif stage == "full":
+                save_pretrained(captioner.backbone, tmp / "language_model", max_shard_bytes=SHARD_BYTES)
+            _save_optimizer(optimizer, tmp)
         _save_rng_and_state(tmp, {**state, "step": step, "stage": stage, "scheduler": scheduler.state_dict()})
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")  # the folder is renamed into place whole
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
@@ -92,19 +102,33 @@ def save_checkpoint(
 def load_checkpoint(
     checkpoint: Path, captioner, stage: str, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and random states; returns the trainer state."""
-    load_trainable_weights(checkpoint, captioner, stage)
-    _load_optimizer(optimizer, checkpoint)
-    state = _load_rng_and_state(checkpoint)
+    """Restore weights, optimizer, scheduler and random states; returns the trainer state. A
+    sharded run's checkpoint restores each process's own slice (vcap.sharding)."""
+    from .sharding import is_sharded, load_rank_shard
+
+    if is_sharded(checkpoint):
+        restore_rank_rng = load_rank_shard(checkpoint, captioner, optimizer)
+        state = _load_rng_and_state(checkpoint)  # last: building modules above draws random numbers
+        restore_rank_rng()  # this process's own torch generators
+    else:
+        load_trainable_weights(checkpoint, captioner, stage)
+        _load_optimizer(optimizer, checkpoint)
+        state = _load_rng_and_state(checkpoint)
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
 
 
 def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
-    """The projector, plus the adapter (lora) or the language model (full) of a checkpoint."""
+    """The projector, plus the adapter (lora) or the language model (full) of a checkpoint, into an
+    unsharded captioner (a sharded run's slices are put together)."""
     from projector import load_projector
     from qwen3_backbone.weights import load_weights_into
 
+    from .sharding import is_sharded, load_consolidated
+
+    if is_sharded(checkpoint):
+        load_consolidated(checkpoint, captioner, ("projector.",) + (("language_model.",) if stage != "projector" else ()))
+        return
     source = load_projector(checkpoint / "projector")
     captioner.projector.load_state_dict(source.state_dict())
     if stage == "lora" and (checkpoint / "adapter").exists():
@@ -117,34 +141,43 @@ def load_trainable_weights(checkpoint: Path, captioner, stage: str) -> None:
 
 # -- optimizer state as safetensors + JSON -----------------------------------------------------------
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import save_file
-
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer's state as named tensors (``"<param index>.<key>"``: AdamW's moments and step)
+    and a JSON-able rest (parameter groups, non-tensor values)."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for key, value in values.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{index}.{key}"] = value
             else:
                 scalars[f"{index}.{key}"] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"format": "pt"})
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}),
-                                           encoding="utf-8")
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """The inverse of :func:`optimizer_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = optimizer_tensors(optimizer)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "optimizer.safetensors"),
+              metadata={"format": "pt"})
+    (folder / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    state: dict[int, dict[str, Any]] = {}
-    for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer_from_tensors(optimizer, load_file(str(folder / "optimizer.safetensors")), meta)
 
 
 # -- random states and the trainer's own state ----------------------------------------------------------

@@ -156,10 +156,11 @@ class TrainConfig:
     warmup_steps: int = 0
     scheduler: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float | None = 1.0
-    precision: str = "no"  # no | bf16 | fp16 (mixed precision via accelerate)
+    precision: str = "no"  # no | bf16 | fp16 (mixed precision: torch autocast)
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: bool = False  # the language model's base weights in 4-bit NF4 (bitsandbytes)
+    fsdp: bool = False  # shard weights, gradients and optimizer state across processes (PyTorch FSDP2; torchrun)
     seed: int = 0
     save_every: int = 100  # optimizer steps between checkpoints
     keep_last: int = 2  # checkpoints kept (older ones are deleted)
@@ -190,6 +191,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1 (or null), got {getattr(self, name)}")
         if self.qlora and self.stage != "lora":
             raise ConfigError("train.qlora needs train.stage: lora (4-bit base weights cannot be trained)")
+        if self.fsdp and self.qlora:
+            raise ConfigError("train.fsdp shards bf16 weights; 4-bit base weights (train.qlora) are not sharded. "
+                              "Use train.qlora on one GPU, or train.fsdp with bf16 LoRA (train.qlora: false)")
 
 
 @dataclass

@@ -58,7 +58,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bo
     from .checkpoint import latest_checkpoint, load_trainable_weights
     from .config_io import load_config
     from .builder import build_captioner, save_captioner
-    from .stages import frozen_dtype
+    from .sharding import is_sharded
+    from .stages import frozen_dtype, with_lora
     from .train import seed_everything
 
     checkpoint = latest_checkpoint(run_dir)
@@ -70,7 +71,11 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bo
     dtype = frozen_dtype(cfg)  # the base weights' dtype: what the captioner is written in
     captioner = build_captioner(cfg.model, base=None, dtype=dtype, vision_dtype=dtype, access=access)
     stage = cfg.train.stage
-    if stage == "lora":
+    if stage == "lora" and is_sharded(checkpoint):  # adapters as the run made them, weights put together
+        captioner.language_model = with_lora(captioner.language_model, cfg)
+        load_trainable_weights(checkpoint, captioner, stage)
+        captioner.language_model = captioner.language_model.merge_and_unload()
+    elif stage == "lora":
         captioner.language_model = load_adapter(captioner.language_model, checkpoint / "adapter")
         load_trainable_weights(checkpoint, captioner, "projector")
         captioner.language_model = captioner.language_model.merge_and_unload()

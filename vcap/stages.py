@@ -25,6 +25,15 @@ def frozen_dtype(cfg: RunConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
 
 
+def with_lora(language_model, cfg: RunConfig):
+    """The language model with new peft LoRA adapters as ``train.lora`` describes them."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.train.lora
+    return get_peft_model(language_model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                     target_modules=list(lora.targets), bias="none"))
+
+
 def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
     """The captioner with the stage's trainable parameters (and LoRA / 4-bit base weights).
 
@@ -32,8 +41,6 @@ def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
     built straight in :func:`frozen_dtype`; with ``train.qlora`` the language model's decoder
     weights stream in as NF4. What trains (the projector, the adapters, the whole language model
     in the full stage) is float32, as mixed precision needs."""
-    from peft import LoraConfig, get_peft_model
-
     from .builder import build_captioner
     from .checkpoint import latest_checkpoint, load_trainable_weights
 
@@ -46,10 +53,7 @@ def build_for_training(cfg: RunConfig, access: Access = OFFLINE):
     if stage == "full":
         captioner.backbone.requires_grad_(True)
     if stage == "lora":
-        lora = cfg.train.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.targets), bias="none")
-        captioner.language_model = get_peft_model(captioner.language_model, peft_config)  # adapters in float32
+        captioner.language_model = with_lora(captioner.language_model, cfg)  # adapters in float32
     if cfg.train.gradient_checkpointing:
         captioner.backbone.gradient_checkpointing_enable()
     if cfg.train.init_from:

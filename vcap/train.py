@@ -5,7 +5,8 @@ LoRA on the language model, with ``train.qlora`` over 4-bit base weights) and ``
 
 The loss covers only the tokens the model must generate (the chat template's loss mask).
 accelerate places the model and runs multi-process data parallelism (``accelerate launch -m vcap
-train ...``, ``torchrun``); mixed precision (``train.precision``) is torch's autocast, with a
+train ...``, ``torchrun``); with ``train.fsdp`` the processes shard the model instead (PyTorch
+FSDP2, see ``vcap/sharding.py``); mixed precision (``train.precision``) is torch's autocast, with a
 gradient scaler for fp16. Checkpoints (``out_dir/step-N``) hold everything needed to resume
 exactly: ``--resume`` continues from the newest one with the same data order, random state and
 optimizer state, so the losses and weights match an uninterrupted run.
@@ -32,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import stages
+from . import sharding, stages
 from .checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from .config_io import absolute_paths, config_to_dict, load_config
@@ -75,7 +77,7 @@ class Run:
 
     cfg: RunConfig
     accelerator: Any
-    model: torch.nn.Module  # the captioner as accelerate prepared it (wrapped for data parallelism)
+    model: torch.nn.Module  # the captioner as it runs: wrapped by accelerate (DDP), or sharded in place (FSDP)
     captioner: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -95,6 +97,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
     # precision is this module's autocast, not accelerate's: accelerate keeps one precision per
     # process, and the quickstart (or a notebook) trains several runs in one process
     accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+    if cfg.train.fsdp:
+        sharding.check_launch()
     _prepare_run_dir(out, resume, overwrite, accelerator)
     _setup_logging(out, accelerator.is_main_process)
     seed_everything(cfg.train.seed)
@@ -106,8 +110,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
     train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process,
                                         accelerator.process_index, accelerator.num_processes,
                                         accelerator.wait_for_everyone)
+    if cfg.train.fsdp:  # every parameter sharded across the processes (FSDP2)
+        model = sharding.shard_captioner(captioner, accelerator.device)
+    else:  # each process a whole copy, gradients averaged (DDP when there are several)
+        model = accelerator.prepare(captioner)
     optimizer, scheduler, total_steps = build_optimizer(cfg, captioner, len(train_set), accelerator.num_processes)
-    model, optimizer = accelerator.prepare(captioner, optimizer)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.train.precision == "fp16")
     run = Run(cfg, accelerator, model, captioner, optimizer, scheduler, scaler, config_yaml)
 
@@ -188,37 +195,75 @@ def fit(run: Run, train_set, val_set, state: TrainState, total_steps: int, sink:
             sink.step({"step": state.step, "epoch": epoch, "loss": loss, **lrs,
                        "samples_per_s": samples / max(time.perf_counter() - started, 1e-9)})
             done = state.step >= total_steps
-            if accelerator.is_main_process and (state.step % t.save_every == 0 or done):
-                save_checkpoint(Path(t.out_dir), state.step, run.captioner, stage=t.stage, optimizer=run.optimizer,
-                                scheduler=run.scheduler, state={**state.position(), "scaler": run.scaler.state_dict()},
-                                config_yaml=run.config_yaml, keep_last=t.keep_last)
+            if state.step % t.save_every == 0 or done:
+                save(run, state)
             if val_set is not None and ((t.eval_every and state.step % t.eval_every == 0) or done):
                 sink.validation(state.step, evaluate_loss(run, val_set))
     accelerator.wait_for_everyone()
 
 
+def save(run: Run, state: TrainState) -> None:
+    """Checkpoint ``step-N`` (the main process writes it; in a sharded run every process first
+    writes its own slice into a folder the checkpoint takes in)."""
+    t, accelerator = run.cfg.train, run.accelerator
+    shards = None
+    if t.fsdp:
+        shards = Path(t.out_dir) / f".tmp-step-{state.step:08d}-shards"
+        if accelerator.is_main_process:
+            shutil.rmtree(shards, ignore_errors=True)  # left by a kill during this step's earlier save
+            shards.mkdir()
+        accelerator.wait_for_everyone()
+        sharding.write_rank_shard(shards, run.captioner, run.optimizer)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(Path(t.out_dir), state.step, run.captioner, stage=t.stage, optimizer=run.optimizer,
+                        scheduler=run.scheduler, state={**state.position(), "scaler": run.scaler.state_dict()},
+                        config_yaml=run.config_yaml, keep_last=t.keep_last, shards=shards)
+
+
 def train_step(run: Run, micro_batches: Sequence[list[dict[str, Any]]]) -> float:
     """One optimizer step over ``micro_batches`` (each a list of dataset items); returns their mean
-    loss per sample. Gradients are synchronised across processes on the last micro-batch only."""
+    loss per sample, over every process's samples. Gradients are synchronised across processes on
+    the last micro-batch only."""
     t, accelerator = run.cfg.train, run.accelerator
     total, count = 0.0, 0
     for i, items in enumerate(micro_batches):
         batch = _on_device(collate(items, run.captioner.tokenizer.pad_id), accelerator.device)
         last = i == len(micro_batches) - 1
-        with autocast(t.precision, accelerator.device), \
-                (contextlib.nullcontext() if last else accelerator.no_sync(run.model)):
+        with autocast(t.precision, accelerator.device), no_sync(run, last):
             loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
             run.scaler.scale(loss / t.grad_accum).backward()
         total += float(loss.detach()) * len(items)
         count += len(items)
     run.scaler.unscale_(run.optimizer)
-    if t.max_grad_norm:
-        accelerator.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], t.max_grad_norm)
+    if t.max_grad_norm:  # DTensor-aware in a sharded run: the norm is over every process's slices
+        torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], t.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(torch.tensor([total, count], dtype=torch.float64, device=accelerator.device), "sum")
+        total, count = float(sums[0]), float(sums[1])
     return total / count
+
+
+def no_sync(run: Run, last: bool):
+    """Gradients are reduced across processes only on a step's last micro-batch."""
+    if last or run.accelerator.num_processes == 1:
+        return contextlib.nullcontext()
+    if run.cfg.train.fsdp:
+        return _fsdp_no_sync(run.model)
+    return run.accelerator.no_sync(run.model)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 @torch.no_grad()
