@@ -91,3 +91,29 @@ def test_compiled_decode_runs_and_reports_its_speed(hf_checkpoints):
     torch.cuda.synchronize()
     print(f"compiled decode: {64 / (time.perf_counter() - start):.0f} tokens/s")
     assert (compiled == plain).float().mean() >= 0.9
+
+
+def test_sharded_lora_trains_on_the_gpus(data, tmp_path):
+    """train.fsdp with NCCL on every visible GPU (one is enough: torchrun with one process), bf16
+    LoRA with gradient checkpointing; the checkpoint exports."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vcap.export import export
+
+    from ..vcap.trainkit import tiny_run, write_yaml
+
+    root = Path(__file__).resolve().parents[2]
+    gpus = torch.cuda.device_count()
+    config = write_yaml(tmp_path / "run.yaml", tiny_run(
+        data, tmp_path / "run", cache=tmp_path / "cache", stage="lora", max_steps=3, fsdp=True, precision="bf16",
+        gradient_checkpointing=True, lora={"r": 4, "alpha": 8}))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "-m", "vcap",
+                             "train", str(config), "--quiet"], env={**os.environ, "PYTHONPATH": str(root)},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in metrics(tmp_path / "run") if "loss" in m] == [1, 2, 3]
+    export(tmp_path / "run", tmp_path / "captioner")
+    assert (tmp_path / "captioner" / "language_model").is_dir()
