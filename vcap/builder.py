@@ -39,15 +39,16 @@ def _model_files(model_dir: Path) -> list[Path]:
 
 
 def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """A dtype by name; ``auto``: bfloat16 where ``device`` computes it natively (CUDA with bf16,
-    CPUs with AVX512-BF16 or AMX), else float32."""
+    """A dtype by name; ``auto``: bfloat16 where ``device`` computes it natively (CUDA from Ampere
+    on, CPUs with AVX512-BF16 or AMX), else float32. A GPU that only emulates bf16 (a T4, a V100)
+    gets float32: set float16 there explicitly for half the memory."""
     if isinstance(name, torch.dtype):
         return name
     if name != "auto":
         return getattr(torch, name)
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     return torch.bfloat16 if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 

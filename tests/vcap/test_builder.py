@@ -19,6 +19,15 @@ def test_auto_is_bfloat16_where_the_device_has_it(monkeypatch):
     assert resolve_dtype("float16", "cpu") == torch.float16 and resolve_dtype(torch.float32) == torch.float32
 
 
+def test_auto_on_a_gpu_that_only_emulates_bfloat16_is_float32(monkeypatch):
+    # torch.cuda.is_bf16_supported() says True on a T4 (sm_75) because it can emulate bf16; auto
+    # must ask for native support, as an Ampere or later GPU has it.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_dtype("auto", "cuda") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+
+
 def test_a_captioner_loads_in_its_own_dtype_unless_told(tmp_path, monkeypatch, capsys):
     from vcap.cli import main
 
