@@ -208,10 +208,10 @@ class CaptionDataset(torch.utils.data.Dataset):
 # -- a run's datasets and batches -------------------------------------------------------------------------
 
 def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, world: int = 1,
-                   barrier=lambda: None) -> tuple[CaptionDataset, CaptionDataset | None]:
+                   barrier=lambda: None, *, device: torch.device | None = None) -> tuple[CaptionDataset, CaptionDataset | None]:
     """A run's training and validation sets: manifests read, vision features stored (each of
-    ``world`` processes extracts its share, then all wait at ``barrier``; unreadable videos are
-    skipped and logged), samples tokenized."""
+    ``world`` processes extracts its share on ``device``, then all wait at ``barrier``; unreadable
+    videos are skipped and logged), samples tokenized."""
     train_samples = read_manifest(cfg.data.train, captioner.config.instructions)
     if cfg.data.max_samples:
         train_samples = train_samples[: cfg.data.max_samples]
@@ -221,7 +221,8 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, wor
         folder = cfg.data.feature_cache or Path(cfg.train.out_dir) / "feature_cache"  # None: this run's own
         cache = FeatureCache(folder, encoder_fingerprint(captioner), getattr(torch, cfg.data.feature_dtype))
         videos = list(dict.fromkeys(s.video for s in train_samples + val_samples))
-        for video, reason in extract_features(captioner, videos[rank::world], cache, progress=progress).items():
+        for video, reason in extract_features(captioner, videos[rank::world], cache, progress=progress,
+                                                  device=device).items():
             log.warning("skipped unreadable video %s: %s", video, reason)
         barrier()
     train_set = CaptionDataset(train_samples, cache, captioner)

@@ -94,13 +94,25 @@ def encoder_fingerprint(captioner) -> str:
 
 
 def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, progress: bool = True,
-                     batch: int = 8) -> dict[Path, str]:
+                     batch: int = 8, device: torch.device | str | None = None) -> dict[Path, str]:
     """Store the features of every readable video of ``videos`` that the cache does not hold yet;
-    returns the reason for each video that could not be read. Nothing is kept in memory."""
+    returns the reason for each video that could not be read. Nothing is kept in memory. With
+    ``device`` (the GPU a run trains on) the vision tower runs there meanwhile, then goes back."""
+    todo = [video for video in dict.fromkeys(videos) if cache.frames(video) is None]
+    home = captioner.vision.device
+    if device is None or not todo or torch.device(device) == home:
+        return _extract(captioner, todo, cache, progress, batch)
+    captioner.vision.to(device)
+    try:
+        return _extract(captioner, todo, cache, progress, batch)
+    finally:
+        captioner.vision.to(home)
+
+
+def _extract(captioner, todo: list[Path], cache: FeatureCache, progress: bool, batch: int) -> dict[Path, str]:
     from .progress import progress_bar
 
     failed: dict[Path, str] = {}
-    todo = [video for video in dict.fromkeys(videos) if cache.frames(video) is None]
     bar = progress_bar(len(todo), "vision features", "video", enabled=progress and bool(todo))
     for start in range(0, len(todo), batch):
         chunk, clips = [], []

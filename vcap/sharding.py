@@ -52,7 +52,10 @@ def shard_captioner(captioner: nn.Module, device: torch.device) -> nn.Module:
 
     check_launch()
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    captioner.to(device)
+    # No captioner.to(device) first: fully_shard moves one unit's full tensors to the device, keeps
+    # this process's slices and frees the rest, so a GPU never holds more than its shards plus one
+    # unit (a 32B model shards over 40 GB GPUs). The weights wait on the host memory-mapped, one
+    # copy in the page cache for all the processes of a machine.
     if any(True for _ in captioner.vision.parameters()):
         fully_shard(captioner.vision, mesh=mesh)
     for layer in captioner.backbone.model.layers:

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import itertools
 import logging
+import os
 import random
 import shutil
 import sys
@@ -109,7 +110,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
     captioner = stages.build_for_training(cfg, access)
     train_set, val_set = build_datasets(cfg, captioner, progress and accelerator.is_main_process,
                                         accelerator.process_index, accelerator.num_processes,
-                                        accelerator.wait_for_everyone)
+                                        accelerator.wait_for_everyone, device=accelerator.device)
     if cfg.train.fsdp:  # every parameter sharded across the processes (FSDP2)
         model = sharding.shard_captioner(captioner, accelerator.device)
     else:  # each process a whole copy, gradients averaged (DDP when there are several)
@@ -433,5 +434,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
                 access=Access(allow_downloads=args.allow_downloads))
-    print(f"run folder: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a launcher
+        print(f"run folder: {out}")
     return 0

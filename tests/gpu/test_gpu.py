@@ -59,6 +59,26 @@ def test_qlora_builds_and_trains_three_steps(data, tmp_path):
     print(f"QLoRA (mini preset) peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
+def test_a_run_extracts_vision_features_on_its_gpu(data, tmp_path):
+    from vcap.data import read_manifest
+    from vcap.features import FeatureCache, encoder_fingerprint, extract_features
+
+    from ..tiny import tiny_captioner
+
+    captioner = tiny_captioner()
+    videos = sorted({s.video for s in read_manifest(data["train"])})[:3]
+    on_cpu = FeatureCache(tmp_path / "cpu", encoder_fingerprint(captioner), torch.float32)
+    on_gpu = FeatureCache(tmp_path / "gpu", encoder_fingerprint(captioner), torch.float32)
+    extract_features(captioner, videos, on_cpu, progress=False)
+    devices = []
+    original = captioner.encode
+    captioner.encode = lambda clips: devices.append(captioner.vision.device.type) or original(clips)
+    extract_features(captioner, videos, on_gpu, progress=False, device="cuda")
+    assert devices == ["cuda"] and captioner.vision.device.type == "cpu"  # ran there, came back
+    for video in videos:
+        torch.testing.assert_close(on_gpu.get(video), on_cpu.get(video), rtol=1e-3, atol=1e-3)
+
+
 def test_train_and_resume_exactly_on_the_gpu(data, tmp_path):
     """Dropout draws from the GPU's generator: its state is in the checkpoint."""
     from vcap.train import train

@@ -104,6 +104,21 @@ def test_sharded_checkpoint_resumes_exactly(runs):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_accelerate_launch_shards_the_same_way(runs):
+    """`accelerate launch` starts the processes as torchrun does (its multi-GPU launcher also runs
+    gloo processes on a CPU): vcap shards the model itself, so the losses are torchrun's exactly."""
+    cfg = __import__("yaml").safe_load((runs / "fsdp.yaml").read_text())
+    cfg["train"]["out_dir"] = str(runs / "accelerate")
+    config = write_yaml(runs / "accelerate.yaml", cfg)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "-m", "vcap", "train", str(config), "--quiet"], env=ENV, cwd=runs, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(runs / "accelerate") == losses(runs / "fsdp")
+    assert (runs / "accelerate" / "step-00000006" / "fsdp" / "rank-00001-of-00002.safetensors").is_file()
+    assert result.stdout.count("run folder:") == 1  # printed once, not once per process
+
+
 def test_resuming_with_another_process_count_is_refused(runs, tmp_path):
     result = torchrun(runs / "fsdp.yaml", "--resume", cwd=tmp_path, processes=1)
     assert result.returncode != 0 and "exitcode: 2" in result.stderr  # vcap's usage error; torchrun reports it
