@@ -172,9 +172,12 @@ def load_pretrained(
                 release_freed_memory()
                 quantized_bytes = 0
         else:
-            # A bf16 load keeps bf16 tensors memory-mapped from the file (no copy). The 4-bit build
-            # copies what it keeps, so the pages of the quantized weights are released as it goes.
-            state[name] = tensor.to(device=device, dtype=dtype, copy=load_in_4bit)
+            # A bf16 load keeps bf16 tensors memory-mapped from the file (no copy): a page is read
+            # when it is used (an embedding row when its token comes). The 4-bit build does so for
+            # the large tensors, which have a mapping of their own (see _chunks), and copies the
+            # small ones, so that the mappings the quantized weights were read through are closed.
+            small = tensor.numel() * tensor.element_size() < REOPEN_BYTES
+            state[name] = tensor.to(device=device, dtype=dtype, copy=load_in_4bit and small)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=not quantized, assign=True)
@@ -243,11 +246,15 @@ REOPEN_BYTES = 256 * 1024**2
 def _chunks(file: Path, names: list[str]) -> Iterator[list[str]]:
     """``names`` in runs of about REOPEN_BYTES of data. Each run is read through its own mapping of
     the file, so the pages of tensors that were converted and dropped (quantized, cast, copied to a
-    GPU) leave resident memory when the run ends instead of when the whole shard is done."""
+    GPU) leave resident memory when the run ends instead of when the whole shard is done. A tensor
+    of REOPEN_BYTES or more is a run of its own: kept memory-mapped, it holds no other's pages."""
     with _open_safetensors(file) as f:
         sizes = {name: _nbytes(f.get_slice(name)) for name in names}
     chunk, size = [], 0
     for name in names:
+        if sizes[name] >= REOPEN_BYTES and chunk:
+            yield chunk
+            chunk, size = [], 0
         chunk.append(name)
         size += sizes[name]
         if size >= REOPEN_BYTES:

@@ -81,3 +81,29 @@ def test_quantizing_a_model_in_memory_gives_the_same_weights(checkpoints):
     assert quantize_4bit(in_memory, compute_dtype=torch.bfloat16) == len(quantized_layer_names(streamed))
     for layer in quantized_layer_names(streamed):
         assert torch.equal(streamed.get_submodule(layer).weight.data, in_memory.get_submodule(layer).weight.data)
+
+
+def _mapped_from(tensor: torch.Tensor, file) -> bool:
+    """Whether ``tensor``'s memory lies in a mapping of ``file`` (Linux /proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        span, *_, path = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in span.split("-"))
+        if low <= address < high and path.strip() == str(file):
+            return True
+    return False
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux /proc")
+def test_the_4bit_build_reads_large_kept_tensors_in_place(checkpoints, monkeypatch):
+    """Embeddings and head stay memory-mapped, as transformers keeps them, so rows no token uses
+    cost no memory on a CPU; small kept tensors are copied, so no mapping of the quantized
+    weights' pages stays open."""
+    from qwen3_backbone import weights
+
+    monkeypatch.setattr(weights, "REOPEN_BYTES", 16 * 1024)  # the test model's embedding is 38 KiB
+    model = load_pretrained(checkpoints["dense"], dtype=torch.bfloat16, load_in_4bit=True)
+    file = (checkpoints["dense"] / "model.safetensors").resolve()
+    assert _mapped_from(model.model.embed_tokens.weight, file) and _mapped_from(model.lm_head.weight, file)
+    assert not _mapped_from(model.model.norm.weight, file)
+    assert not _mapped_from(model.model.layers[0].input_layernorm.weight, file)
