@@ -10,7 +10,11 @@ table with ratios:
 - decode tokens/s: the following N tokens per row (total time minus prefill);
 - peak RSS of the process;
 - the batch-1 decode roofline: bytes of weights read per decoded token x tokens/s, against the
-  memory read bandwidth measured in the same run (a reduction over a 1 GiB tensor).
+  memory read bandwidth measured in the same run (a reduction over a 1 GiB tensor);
+- the prefill's share of the machine's peak matrix-multiply throughput: floating-point operations
+  per prompt token (2 per weight of the decoder's linears, plus causal attention's scores and
+  sums) x tokens/s, against the best of a large square matmul in the same dtype, measured in the
+  same run.
 
     .venv/bin/python bench/backbone.py                       # 0.6B fp32 + bf16, batch 1 and 8, MoE
     .venv/bin/python bench/backbone.py --device cuda --compile   # on a GPU: adds compiled decode
@@ -60,7 +64,9 @@ def main() -> None:
         moe = ensure_checkpoint(f"qwen3-30b-a3b-{args.moe_layers}layers-random", "Qwen3-30B-A3B", args.moe_layers)
         models.append((f"30B-A3B shape, {args.moe_layers} layers", moe, args.batches, args.moe_dtypes))
     bandwidth = read_bandwidth(args.threads, args.device)
-    print(describe_machine(args, bandwidth), flush=True)
+    gemm = {dtype: peak_gemm(args.threads, args.device, dtype) for dtype in sorted(set(args.dtypes + args.moe_dtypes))}
+    print(describe_machine(args, bandwidth) + "; peak matmul " + ", ".join(
+        f"{d} {v:.0f} GFLOP/s" for d, v in gemm.items()), flush=True)
 
     rows = []
     for label, path, batches, dtypes in models:
@@ -68,7 +74,7 @@ def main() -> None:
             impls = ["vcap", "transformers"] + (["vcap-compiled"] if args.compile else [])
             results = {impl: run_worker(impl, path, dtype, args, batches) for impl in impls}
             rows.append((label, dtype, results))
-    print_table(rows, bandwidth)
+    print_table(rows, bandwidth, gemm)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -179,7 +185,22 @@ def worker(args: argparse.Namespace) -> None:
     if getattr(model.config, "num_experts", 0):
         read = active_parameters(model) - (0 if tied else embed.numel())
     results["bytes_per_token"] = read * embed.element_size()
+    results["prefill_flops_per_token"] = prefill_flops_per_token(model, args.prompt)
     print(json.dumps(results))
+
+
+def prefill_flops_per_token(model, prompt: int) -> float:
+    """Multiply-adds x 2 per prompt token: every decoder linear weight once (an MoE's active experts
+    only), and causal attention's scores and weighted sums over prompt/2 keys on average. The head
+    runs at the last position only, in both implementations' generate."""
+    cfg = model.config
+    linear = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2
+                 and ".experts." not in n and not n.endswith("mlp.gate.weight"))
+    if getattr(cfg, "num_experts", 0):
+        one_expert = sum(p.numel() for n, p in model.named_parameters() if ".experts.0." in n)
+        linear += cfg.num_experts_per_tok * one_expert  # k experts per layer run per token
+    attention = cfg.num_hidden_layers * 2 * cfg.num_attention_heads * cfg.head_dim * (prompt / 2)
+    return 2 * (linear + attention)
 
 
 def active_parameters(model) -> int:
@@ -216,6 +237,27 @@ def read_bandwidth(threads: int, device: str) -> float:
     return x.numel() * 4 / best / 1e9
 
 
+def peak_gemm(threads: int, device: str, dtype_name: str, n: int = 2048) -> float:
+    """The machine's matrix-multiply throughput in GFLOP/s: best of 5 (n x n) @ (n x n) in dtype."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def describe_machine(args: argparse.Namespace, bandwidth: float) -> str:
     import torch
 
@@ -234,7 +276,7 @@ def describe_machine(args: argparse.Namespace, bandwidth: float) -> str:
     )
 
 
-def print_table(rows, bandwidth: float) -> None:
+def print_table(rows, bandwidth: float, gemm: dict[str, float]) -> None:
     print()
     print("| model | dtype | batch | prefill tok/s vcap | transformers | ratio | decode tok/s vcap | transformers"
           " | ratio | same tokens | peak RSS MB vcap / transformers |")
@@ -262,6 +304,15 @@ def print_table(rows, bandwidth: float) -> None:
             c = results["vcap-compiled"]["batches"]
             print(f"| {label} | {dtype} compiled | | " + ", ".join(
                 f"batch {b}: {v['decode_tps']:.1f} tok/s" for b, v in c.items()) + " | | |")
+    print()
+    print("| model | dtype | batch | prefill GFLOP/s vcap | share of peak matmul | transformers | share |")
+    print("|---|---|---|---|---|---|---|")
+    for label, dtype, results in rows:
+        ours, ref = results["vcap"], results["transformers"]
+        flops = ours["prefill_flops_per_token"]
+        for B, o in ours["batches"].items():
+            a, b = o["prefill_tps"] * flops / 1e9, ref["batches"][B]["prefill_tps"] * flops / 1e9
+            print(f"| {label} | {dtype} | {B} | {a:.0f} | **{a / gemm[dtype]:.0%}** | {b:.0f} | {b / gemm[dtype]:.0%} |")
 
 
 if __name__ == "__main__":
