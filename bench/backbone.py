@@ -74,6 +74,10 @@ def main() -> None:
             impls = ["vcap", "transformers"] + (["vcap-compiled"] if args.compile else [])
             results = {impl: run_worker(impl, path, dtype, args, batches) for impl in impls}
             rows.append((label, dtype, results))
+    # the peak again after the workers (a checkpoint written just before can still be flushing to
+    # disk at the start, and this machine is shared): the better of the two is the machine's
+    gemm = {d: max(v, peak_gemm(args.threads, args.device, d)) for d, v in gemm.items()}
+    print("peak matmul, best of the start and the end: " + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in gemm.items()))
     print_table(rows, bandwidth, gemm)
 
 
