@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from projector import build_projector, load_projector, projector_config_from_dict, save_projector
-from qwen3_backbone import Qwen3Config, Qwen3ForCausalLM, load_pretrained, save_pretrained
+from qwen3_backbone import Qwen3Config, Qwen3ForCausalLM, load_pretrained, pack_for_cpu_inference, save_pretrained
 from qwen3_backbone.tokenizer import Qwen3Tokenizer
 
 from .config import CaptionerConfig, ConfigError
@@ -199,7 +199,7 @@ def load_captioner(
     access = Access(allow_downloads=allow_downloads, allow_external_paths=allow_external_paths)
     options = dict(device=device, dtype=dtype, vision_dtype=vision_dtype, access=access, load_in_4bit=load_in_4bit)
     if isinstance(path_or_config, CaptionerConfig):
-        return build_captioner(path_or_config, None, **options)
+        return pack_for_inference(build_captioner(path_or_config, None, **options))
     folder = Path(path_or_config)
     if not (folder / CONFIG_FILE).is_file():
         raise CaptionerError(
@@ -207,7 +207,18 @@ def load_captioner(
         )
     where = str(folder / CONFIG_FILE)
     config = config_from_dict(CaptionerConfig, read_config_file(folder / CONFIG_FILE), where=where)
-    return build_captioner(config, folder, **options)
+    return pack_for_inference(build_captioner(config, folder, **options))
+
+
+def pack_for_inference(captioner: VideoCaptioner) -> VideoCaptioner:
+    """In bf16 on a CPU with native bf16, the language model's linear weights are reordered into
+    oneDNN's blocked layout (qwen3_backbone.pack_for_cpu_inference: decoding ~2x faster, the same
+    tokens, no extra memory). A captioner holding a separate adapter stays as it is. To train a
+    loaded captioner, ``qwen3_backbone.unpack_weights(captioner.backbone)`` first."""
+    if (captioner.language_model is captioner.backbone and captioner.dtype == torch.bfloat16
+            and captioner.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pack_for_cpu_inference(captioner.backbone)
+    return captioner
 
 
 def save_captioner(captioner: VideoCaptioner, out_dir: str | os.PathLike, save_language_model: bool = True) -> Path:

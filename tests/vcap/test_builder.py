@@ -68,5 +68,33 @@ def test_save_and_load_keep_the_weights(tmp_path, dtype):
     captioner.to(getattr(torch, dtype))
     folder = save_captioner(captioner, tmp_path / "captioner")
     loaded = load_captioner(folder, dtype=dtype)
+    from qwen3_backbone import unpack_weights
+
+    unpack_weights(loaded.backbone)  # bf16 on a CPU loads packed for oneDNN
     for name, tensor in captioner.backbone.state_dict().items():
         assert torch.equal(tensor, loaded.backbone.state_dict()[name]), name
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="needs a CPU with native bf16")
+def test_a_bf16_captioner_loads_packed_for_the_cpu_and_captions_the_same(tmp_path):
+    """load_captioner reorders the bf16 weights for oneDNN (what `vcap caption` runs on a CPU): the
+    same greedy captions as the plain weights, and it saves back in the normal format."""
+    from qwen3_backbone import unpack_weights
+    from vcap.builder import build_captioner
+
+    from ..tiny import tiny_config
+
+    torch.manual_seed(0)
+    folder = save_captioner(build_captioner(tiny_config(language_model="preset:mini", dtype="bfloat16")),
+                            tmp_path / "captioner")
+    packed, plain = load_captioner(folder), load_captioner(folder)
+    assert packed.backbone.model.layers[0].mlp.up_proj.weight.is_mkldnn
+    assert unpack_weights(plain.backbone) > 0 and not plain.backbone.model.layers[0].mlp.up_proj.weight.is_mkldnn
+    clips = [np.random.default_rng(i).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8) for i in range(3)]
+    a = packed.caption(clips, lang="en", max_new_tokens=12)
+    b = plain.caption(clips, lang="en", max_new_tokens=12)
+    assert [r.caption for r in a] == [r.caption for r in b] and all(r.num_tokens for r in a)
+    again = load_captioner(save_captioner(packed, tmp_path / "again"))
+    unpack_weights(again.backbone)
+    for name, tensor in plain.backbone.state_dict().items():
+        assert torch.equal(tensor, again.backbone.state_dict()[name]), name
