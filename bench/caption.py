@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=4, help="copies of each clip (default 4)")
+    parser.add_argument("--copies", type=int, help="copies of each clip (default 4; --real: 8, three batches of 8)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -57,6 +57,7 @@ def main() -> None:
     if args.real:
         real_shape(args)
         return
+    args.copies = args.copies or 4
 
     import torch
 
@@ -135,7 +136,7 @@ def real_shape(args) -> None:
     from vcap.vision import VisionConfig
 
     work = Path(tempfile.mkdtemp(prefix="vcap-bench-caption-real-"))
-    copies = args.copies if args.copies != 4 else 8  # 24 videos: three batches of 8
+    copies = args.copies or 8
     for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
         for i in range(copies):
             target = work / "clips" / f"{Path(name).stem}_{i}.mp4"
@@ -291,10 +292,8 @@ def reference_side(args) -> dict:
     def inputs(feats: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         videos_embeds = projector(feats.reshape(batch, REAL_FRAMES, *feats.shape[1:]))  # (B, N, D)
         ids = prompt[None].repeat(batch, 1)
-        embeds = embed(ids).masked_scatter((ids == video_pad)[..., None], videos_embeds.reshape(-1, embeds_width))
+        embeds = embed(ids).masked_scatter((ids == video_pad)[..., None], videos_embeds.flatten(0, 1))
         return embeds, torch.ones_like(ids)
-
-    embeds_width = embed.weight.shape[1]
 
     def generate(embeds, mask, new: int) -> torch.Tensor:
         return lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,

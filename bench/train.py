@@ -42,19 +42,17 @@ VISION = {"model_name": "ViT-B-32", "feature_layer": -1, "model_overrides": {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, help="timed steps (default 10; --real: 3)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; --real: 1)")
+    parser.add_argument("--batch-size", type=int, help="samples per step (default 16; --real: 4)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--real", action="store_true", help="Qwen3-0.6B, batch 4, gradient checkpointing")
     parser.add_argument("--side", choices=["vcap", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.real and not args.side:  # the real shape's defaults, unless given
-        given = set(sys.argv)
-        args.steps = args.steps if "--steps" in given else 3
-        args.warmup = args.warmup if "--warmup" in given else 1
-        args.batch_size = args.batch_size if "--batch-size" in given else 4
+    defaults = (3, 1, 4) if args.real else (10, 2, 16)
+    args.steps, args.warmup, args.batch_size = (given if given is not None else default for given, default in
+                                                zip((args.steps, args.warmup, args.batch_size), defaults))
     if args.side:
         print(json.dumps(measure(args)))
         return
