@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-gpu quickstart chromium clean
+.PHONY: install test test-gpu quickstart screenshots chromium clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ test-gpu: install
 
 quickstart: install
 	$(BIN)/vcap quickstart
+
+# The README's pictures of the demo, taken in headless Chromium from the quickstart's captioner;
+# a picture whose caption is not the clip's reference caption is not written (exit 1).
+screenshots: install chromium
+	test -f runs/quickstart/captioner/captioner.json || $(MAKE) quickstart
+	$(BIN)/python -m demo.screenshots --run runs/quickstart --out docs
 
 # Headless Chromium for the browser test of the demo (Debian's packages), with a Korean font so
 # the page's Hangul renders in screenshots.

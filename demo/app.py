@@ -257,7 +257,7 @@ def _layout(captioner, options: DemoOptions) -> SimpleNamespace:
     with gr.Row():
         ui.header = gr.Markdown(f"# {t['title']}\n{t['intro']}")
         ui.ui_lang = gr.Radio([("한국어", "ko"), ("English", "en")], value="ko", label="화면 언어 / Interface",
-                              scale=0, min_width=220)
+                              scale=0, min_width=220, elem_id="ui-lang")
     with gr.Row():
         with gr.Column(scale=1):
             ui.video = gr.Video(label=t["video"], sources=["upload"], elem_id="video")

@@ -3,27 +3,17 @@ headless Chromium with Playwright."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from demo.browser import start_demo
+
 from ..tiny import tiny_captioner
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +23,6 @@ def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clips") / "three squares.mp4"
     write_mp4(render_frames(ClipAttributes("square", "yellow", 3, "left_to_right", "large", "gray"), 64, 16), path, 8)
     return path
-
-
-def start_demo(folder: Path, env: dict[str, str], log_path: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """`vcap demo FOLDER` in a subprocess, once it answers on its port."""
-    port = free_port()
-    log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "-m", "vcap", "demo", str(folder), "--port", str(port), *options],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the demo exited: {log_path.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"the demo did not answer: {log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -191,39 +161,35 @@ def test_no_network_calls_and_no_temporary_folders_left(captioner_folder, clip, 
     assert not list(temp.glob("vcap-demo-*")), (tmp_path / "demo.log").read_text()[-2000:]
 
 
-def _chromium() -> str | None:
-    if not Path(CHROMIUM).exists():
-        subprocess.run(["make", "-C", str(ROOT), "chromium"], capture_output=True, timeout=600)
-    return CHROMIUM if Path(CHROMIUM).exists() else None
+def test_screenshots_show_the_page_and_refuse_a_wrong_caption(captioner_folder, clip, tmp_path):
+    """`make screenshots` in a real headless Chromium: the caption in the page is the library's
+    greedy caption; a picture is written when it equals the clip's reference, and refused when not."""
+    from demo.browser import chromium
+    from demo.screenshots import Shot, take_screenshots
+    from vcap.builder import load_captioner
 
-
-def test_in_a_real_browser(server, clip, tmp_path):
-    executable = _chromium()
+    executable = chromium()
     if executable is None:
         pytest.skip("no Chromium: `make chromium` (Debian's package) could not install it here")
-    from playwright.sync_api import expect, sync_playwright
+    library = load_captioner(captioner_folder)
+    right = {lang: library.caption(str(clip), lang=lang)[0].caption for lang in ("en", "ko")}  # the page's defaults
+    manifest = tmp_path / "test.jsonl"  # the English reference is what the model says; the Korean one is not
+    manifest.write_text(json.dumps({"video": str(clip), "lang": "en", "caption": right["en"], "unseen_combination": True})
+                        + "\n" + json.dumps({"video": str(clip), "lang": "ko", "caption": "다른 캡션",
+                                             "unseen_combination": True}) + "\n", encoding="utf-8")
+    out = tmp_path / "pictures"
+    outcomes = take_screenshots(captioner_folder, manifest, out, (Shot("en.png", "en"), Shot("ko.png", "ko")),
+                                env={"PYTHONPATH": str(ROOT)}, executable=executable)
+    assert [(o.shot.name, o.shown, o.correct) for o in outcomes] == [("en.png", right["en"], True),
+                                                                     ("ko.png", right["ko"], False)]
+    assert (out / "en.png").stat().st_size > 10_000 and not (out / "ko.png").exists()
 
-    url, _ = server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.locator("#video input[type=file]").set_input_files(str(clip))
-        expect(page.locator("#video video")).to_be_visible(timeout=30_000)
-        page.get_by_label("English").first.check()
-        page.locator("#caption-button").click()
-        output = page.locator("#caption-output textarea")
-        expect(output).not_to_have_value("", timeout=60_000)
-        page.wait_for_timeout(500)
-        assert output.input_value().strip()
-        shot = tmp_path / "demo.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("VCAP_SCREENSHOT"):  # how docs/demo.png is made
-        shutil.copy(shot, os.environ["VCAP_SCREENSHOT"])
+
+def test_screenshots_without_a_quickstart_run_is_a_usage_error(tmp_path, capsys):
+    from demo.screenshots import main
+
+    assert main(["--run", str(tmp_path / "nothing")]) == 2
+    assert "make quickstart" in capsys.readouterr().err
 
 
 def test_without_a_captioner_it_says_to_run_the_quickstart(tmp_path, monkeypatch, capsys):
