@@ -37,7 +37,8 @@ from .config import Qwen3Config, yarn_get_mscale
 #   the AMD EPYC CPUs this project is measured on, for decoding and prefill alike. It has no
 #   autograd formula, so training keeps F.linear.
 # - bf16: oneDNN on weights reordered into its blocked layout is ~2x faster than on the plain
-#   layout; ``pack_for_cpu_inference`` reorders the weights in place (no extra memory).
+#   layout; ``pack_for_cpu_inference`` reorders the weights in place (no extra memory but a
+#   tied head's packed copy).
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -62,19 +63,20 @@ class Linear(nn.Linear):
 def pack_for_cpu_inference(model: nn.Module) -> int:
     """Reorder every bf16 CPU ``Linear`` weight into oneDNN's blocked layout, in place.
 
-    For inference on a CPU: decoding reads the weights ~2x faster. The swap costs no memory (each
-    packed weight replaces its plain one) and the packed weights are frozen. A tied ``lm_head``
-    stays plain, because the embedding lookup needs that layout. ``save_pretrained`` writes packed
-    models in the normal format; ``unpack_weights`` restores plain weights (for training or
-    merging adapters). Returns how many weights were packed.
+    For inference on a CPU: decoding reads the weights ~2x faster. Each packed weight replaces its
+    plain one, so packing costs no memory, except for a head tied to the input embeddings: the
+    embedding lookup needs the plain layout, so the head gets a packed copy of its own (V x D more;
+    the plain embedding rows stay memory-mapped where the loader left them so). The packed weights
+    are frozen. ``save_pretrained`` writes packed models in the normal format; ``unpack_weights``
+    restores plain (and tied) weights, for training or merging adapters. Returns how many weights
+    were packed.
     """
     if not _ONEDNN_LINEAR:
         return 0
-    shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     packed = 0
     for module in model.modules():
         w = module.weight if isinstance(module, Linear) else None
-        if w is None or w.is_mkldnn or w.dtype != torch.bfloat16 or w.device.type != "cpu" or id(w) in shared:
+        if w is None or w.is_mkldnn or w.dtype != torch.bfloat16 or w.device.type != "cpu":
             continue
         module.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1), requires_grad=False)
         packed += 1
@@ -82,8 +84,14 @@ def pack_for_cpu_inference(model: nn.Module) -> int:
 
 
 def unpack_weights(model: nn.Module) -> int:
-    """Undo ``pack_for_cpu_inference``: plain (dense) weights again. Returns how many were unpacked."""
+    """Undo ``pack_for_cpu_inference``: plain (dense) weights again, a tied head tied again to the
+    input embeddings. Returns how many weights were unpacked."""
     unpacked = 0
+    for module in model.modules():
+        if isinstance(module, Qwen3ForCausalLM) and module.config.tie_word_embeddings \
+                and module.lm_head.weight.is_mkldnn:
+            module.lm_head.weight = module.model.embed_tokens.weight  # the packed copy goes
+            unpacked += 1
     for module in model.modules():
         if isinstance(module, Linear) and module.weight.is_mkldnn:
             module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=False)

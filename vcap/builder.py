@@ -213,8 +213,9 @@ def load_captioner(
 def pack_for_inference(captioner: VideoCaptioner) -> VideoCaptioner:
     """In bf16 on a CPU with native bf16, the language model's linear weights are reordered into
     oneDNN's blocked layout (qwen3_backbone.pack_for_cpu_inference: decoding ~2x faster, the same
-    tokens, no extra memory). A captioner holding a separate adapter stays as it is. To train a
-    loaded captioner, ``qwen3_backbone.unpack_weights(captioner.backbone)`` first."""
+    tokens; no extra memory but a tied head's packed copy). A captioner holding a separate adapter
+    stays as it is. To train a loaded captioner, ``qwen3_backbone.unpack_weights(captioner.backbone)``
+    first."""
     if (captioner.language_model is captioner.backbone and captioner.dtype == torch.bfloat16
             and captioner.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         pack_for_cpu_inference(captioner.backbone)

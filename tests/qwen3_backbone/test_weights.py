@@ -166,8 +166,8 @@ def test_packed_bf16_model_gives_the_same_tokens_and_saves_normally(hf_checkpoin
     packed = load_pretrained(hf_checkpoints[name], dtype=torch.bfloat16)
     count = pack_for_cpu_inference(packed)
     linears = sum(1 for n, p in plain.named_parameters() if n.endswith("proj.weight") or n.endswith("gate.weight"))
-    assert count == linears + (0 if plain.config.tie_word_embeddings else 1)  # a tied head stays plain
-    assert packed.lm_head.weight.is_mkldnn != plain.config.tie_word_embeddings
+    assert count == linears + 1 and packed.lm_head.weight.is_mkldnn  # a tied head gets a packed copy
+    assert not packed.model.embed_tokens.weight.is_mkldnn
     ids, mask = padded_batch(seed=21)
     with torch.no_grad():
         a, b = plain(ids, attention_mask=mask), packed(ids, attention_mask=mask)
@@ -179,5 +179,7 @@ def test_packed_bf16_model_gives_the_same_tokens_and_saves_normally(hf_checkpoin
         assert n1 == n2 and torch.equal(p1, p2)
     assert unpack_weights(packed) == count
     assert not any(p.is_mkldnn for p in packed.parameters())
+    tied = packed.config.tie_word_embeddings
+    assert (packed.lm_head.weight is packed.model.embed_tokens.weight) == tied  # tied again, as loaded
     with torch.no_grad():
         assert torch.equal(packed(ids, attention_mask=mask), a)
