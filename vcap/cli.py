@@ -38,6 +38,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vcap.evaluate", "caption a manifest's videos and report BLEU-4, ROUGE-L, CIDEr-D"),
     "export": ("vcap.export", "merge a run's LoRA adapter and write a self-contained captioner folder"),
     "synth": ("vcap.recipes.synthetic", "write synthetic captioned clips (moving shapes, Korean and English captions)"),
+    "data import": ("vcap.datasets.importing", "a public dataset or a fine-tuning framework's file -> a vcap manifest"),
+    "data export": ("vcap.datasets.exporting", "a vcap manifest -> ShareGPT (LLaMA-Factory, ms-swift) or LLaVA JSON"),
+    "data check": ("vcap.datasets.check", "validate a manifest, probe every video, report, write a clean manifest"),
     # the web demo lives in demo/ (UI code on top of vcap), imported only when `vcap demo` runs
     "demo": ("demo.app", "start the Gradio web demo (binds 127.0.0.1 unless --host says otherwise)"),
 }
@@ -85,6 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vcap {__version__}")
         return EXIT_OK
     name = argv[0]
+    group = sorted(c.split()[1] for c in COMMANDS if c.startswith(f"{name} "))
+    if group:  # a two-word command (vcap data import)
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print(f"usage: vcap {name} {{{','.join(group)}}} ...\n\n" + "\n".join(
+                f"  vcap {c:<14}  {COMMANDS[c][1]}" for c in COMMANDS if c.startswith(f"{name} ")),
+                file=sys.stdout if len(argv) > 1 else sys.stderr)
+            return EXIT_OK if len(argv) > 1 else EXIT_USAGE
+        if argv[1] not in group:
+            print(f"vcap {name}: unknown command {argv[1]!r}; choose one of {', '.join(group)}", file=sys.stderr)
+            return EXIT_USAGE
+        name, argv = f"{name} {argv[1]}", [name, *argv[2:]]
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f"; did you mean `vcap {close[0]}`?" if close else f"; commands: {', '.join(COMMANDS)}"

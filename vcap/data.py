@@ -35,6 +35,7 @@ from qwen3_backbone.chat import tokenize, video_message
 
 from .config import LANGS, RunConfig
 from .errors import UsageError
+from .events import check_events
 from .features import FeatureCache, encoder_fingerprint, extract_features
 
 log = logging.getLogger("vcap.train")
@@ -83,7 +84,7 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
                 problems.append((number, f"not valid JSON ({e.msg})"))
                 continue
             try:
-                samples.append(_sample(record, base, instructions))
+                samples.append(parse_sample(record, base, instructions))
             except ValueError as e:
                 problems.append((number, str(e)))
     if problems:
@@ -93,7 +94,8 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
     return samples
 
 
-def _sample(record: Any, base: Path, instructions: dict[str, str] | None) -> Sample:
+def parse_sample(record: Any, base: Path, instructions: dict[str, str] | None = None) -> Sample:
+    """One manifest line's sample (video paths relative to ``base``); ValueError says what is wrong."""
     if not isinstance(record, dict):
         raise ValueError("each line must be a JSON object")
     video = record.get("video")
@@ -104,6 +106,9 @@ def _sample(record: Any, base: Path, instructions: dict[str, str] | None) -> Sam
     if lang is not None and lang not in LANGS:
         raise ValueError(f"'lang' must be one of {', '.join(LANGS)}, got {lang!r}")
     extra = {k: v for k, v in record.items() if k not in ("video", "caption", "lang", "conversations")}
+    if "events" in record:  # dense captions (ActivityNet layout); the caption is their text
+        duration = record.get("duration")
+        extra["events"] = check_events(record["events"], duration if isinstance(duration, (int, float)) else None)
     if "conversations" in record:
         return Sample(video_path, _conversation_turns(record["conversations"]), lang, extra)
     caption = record.get("caption")

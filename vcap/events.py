@@ -1,0 +1,50 @@
+"""Timed events of a video (dense captions): validation and the text a model is trained to write.
+
+An event is ``{"start": seconds, "end": seconds, "caption": text}`` (the ActivityNet Captions
+layout, as manifests store it). The target text lists the events one per line,
+``m:ss.s - m:ss.s: caption``, in order of start time:
+
+    0:02.5 - 0:05.0: 빨간 원이 왼쪽으로 움직입니다.
+    0:05.0 - 0:09.2: 파란 사각형 두 개가 나타납니다.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_events(events: Any, duration: float | None = None, tolerance: float = 0.5) -> list[dict[str, Any]]:
+    """Validated events, sorted by start: each needs a finite ``start`` >= 0 below its ``end`` and a
+    non-empty ``caption``; with a known ``duration``, no event may end more than ``tolerance``
+    seconds after it (ends are clipped to it). Raises ValueError naming the event."""
+    if not isinstance(events, list) or not events:
+        raise ValueError("'events' must be a non-empty list of {start, end, caption}")
+    checked = []
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise ValueError(f"events[{i}] must be an object with start, end and caption")
+        start, end, caption = event.get("start"), event.get("end"), event.get("caption")
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in (start, end)):
+            raise ValueError(f"events[{i}]: 'start' and 'end' must be numbers of seconds")
+        if not 0 <= start < end:
+            raise ValueError(f"events[{i}]: needs 0 <= start < end, got {start} - {end}")
+        if duration is not None and end > duration + tolerance:
+            raise ValueError(f"events[{i}]: ends at {end} s, after the video's {duration:g} s")
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"events[{i}]: 'caption' must be non-empty text")
+        end = min(end, duration) if duration is not None else end
+        checked.append({"start": float(start), "end": float(end), "caption": " ".join(caption.split())})
+    return sorted(checked, key=lambda e: (e["start"], e["end"]))
+
+
+def clock(seconds: float) -> str:
+    """``m:ss.s``: 2.5 -> '0:02.5', 61.25 -> '1:01.2' (tenths, rounded half to even)."""
+    tenths = round(seconds * 10)
+    minutes, rest = divmod(tenths, 600)
+    return f"{minutes}:{rest // 10:02d}.{rest % 10}"
+
+
+def events_text(events: list[dict[str, Any]]) -> str:
+    """The target text: one ``m:ss.s - m:ss.s: caption`` line per event."""
+    return "\n".join(f"{clock(e['start'])} - {clock(e['end'])}: {e['caption']}" for e in events)
