@@ -13,6 +13,12 @@ evaluated set, as in the COCO evaluation.
 With a judge (``--judge``; by default the synthetic clips' judge for manifests whose samples carry
 ``attributes``) it also reports attribute accuracy: the share of captions that state every
 attribute of their clip, per language, and separately for combinations held out of training.
+
+Samples with ``events`` (dense captions) are scored as events too: the model's text is read with
+``vcap.events.parse_events`` and matched to the reference events by temporal IoU
+(``vcap.dense_eval``: precision, recall and F1 at tIoU 0.3 / 0.5 / 0.7, mean tIoU, CIDEr-D of the
+matched captions, and with a judge the attribute accuracy of matched events), per language,
+overall and over the clips with an unseen combination.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def evaluate(captioner, manifest: str | os.PathLike, out_jsonl: str | os.PathLik
     rows = caption_manifest(captioner, manifest, options, batch_size=batch_size, progress=progress, judge=judge)
     if out_jsonl is not None:
         write_jsonl(out_jsonl, rows)
-    return score(rows, manifest, with_meteor)
+    return score(rows, manifest, with_meteor, judge)
 
 
 def caption_manifest(captioner, manifest: str | os.PathLike, options: dict[str, GenerationOptions], *,
@@ -137,6 +143,14 @@ def _row(key, result, samples, options: GenerationOptions, judge: Judge | None) 
            "references": [s.caption for s in samples]}
     if options.thinking:
         row["thinking"] = result.thinking
+    if "events" in samples[0].extra:  # dense captions: judged event by event in score()
+        from .events import parse_events
+
+        parsed = parse_events(result.caption)
+        row.update(events=parsed.events, unreadable_lines=[text for _, text in parsed.unreadable],
+                   reference_events=samples[0].extra["events"],
+                   unseen_combination=any(e.get("unseen_combination") for e in samples[0].extra["events"]))
+        return row
     verdict = judge(result.caption, key[1], samples[0]) if judge is not None else None
     if verdict is not None:
         row["attributes_correct"] = bool(verdict)
@@ -144,8 +158,11 @@ def _row(key, result, samples, options: GenerationOptions, judge: Judge | None) 
     return row
 
 
-def score(rows: list[dict[str, Any]], manifest: str | os.PathLike, with_meteor: bool = False) -> dict[str, Any]:
-    """The report: caption metrics per language and overall, and the judged accuracy if any."""
+def score(rows: list[dict[str, Any]], manifest: str | os.PathLike, with_meteor: bool = False,
+          judge: Judge | None = None) -> dict[str, Any]:
+    """The report: caption metrics per language and overall, the judged accuracy if any, and for
+    samples with events the dense-caption scores (``dense``, and ``dense_unseen`` over the clips
+    with an unseen combination)."""
     tokenize = Tokenizer()
     report: dict[str, Any] = {"manifest": str(manifest), "captions": len(rows),
                               "errors": sum(r["status"] == "error" for r in rows)}
@@ -163,8 +180,33 @@ def score(rows: list[dict[str, Any]], manifest: str | os.PathLike, with_meteor: 
             unseen = [r for r in judged if r.get("unseen_combination")]
             if unseen:
                 entry["attribute_accuracy_unseen"] = sum(r["attributes_correct"] for r in unseen) / len(unseen)
+        dense = [r for r in part if "reference_events" in r]
+        if dense:
+            entry["dense"] = _dense(dense, tokenize, judge)
+            unseen = [r for r in dense if r["unseen_combination"]]
+            if unseen:
+                entry["dense_unseen"] = _dense(unseen, tokenize, judge)
         report[lang] = entry
     return report
+
+
+def _dense(rows: list[dict[str, Any]], tokenize: Tokenizer, judge: Judge | None) -> dict[str, Any]:
+    """vcap.dense_eval's scores for rows with events; a judge sees each reference event as a sample
+    whose ``extra`` is the event (its ``attributes``)."""
+    from types import SimpleNamespace
+
+    from .dense_eval import dense_scores
+
+    clips = [{"lang": r["lang"], "predicted": r["events"], "reference": r["reference_events"]} for r in rows]
+
+    def cider(refs: dict, hyps: dict) -> float:  # keys (clip, event): each caption tokenized in its clip's language
+        lang = {key: clips[key[0]]["lang"] for key in hyps}
+        return caption_scores({k: [tokenize(c, lang[k]) for c in v] for k, v in refs.items()},
+                              {k: tokenize(v, lang[k]) for k, v in hyps.items()})["CIDEr-D"]
+
+    event_judge = (lambda caption, lang, event: judge(caption, lang, SimpleNamespace(extra=event))) if judge else None
+    return {**dense_scores(clips, event_judge, cider),
+            "unreadable_lines": sum(len(r["unreadable_lines"]) for r in rows)}
 
 
 def is_eval_row(row: Any) -> bool:
@@ -197,6 +239,20 @@ def format_report(report: dict[str, Any]) -> str:
                 v = report[lang].get(c)
                 cells.append("" if v is None else (str(v) if c == "n" else f"{v:.3f}"))
             lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    dense = [(lang, part, report[lang][part]) for lang in ("ko", "en", "all") for part in ("dense", "dense_unseen")
+             if part in report.get(lang, {})]
+    if dense:
+        columns = ["F1@0.3", "F1@0.5", "F1@0.7", "precision@0.5", "recall@0.5", "mean_tiou", "CIDEr-D",
+                   "event_attribute_accuracy"]
+        present = [c for c in columns if any(c in d for _, _, d in dense)]
+        lines += ["", "dense captions (events matched by temporal IoU):",
+                  "| lang | clips | events predicted / reference | " + " | ".join(present) + " |",
+                  "|---" * (len(present) + 3) + "|"]
+        for lang, part, d in dense:
+            name = lang + (" (unseen)" if part == "dense_unseen" else "")
+            cells = ["" if d.get(c) is None else f"{d[c]:.3f}" for c in present]
+            lines.append(f"| {name} | {d['clips']} | {d['predicted_events']} / {d['reference_events']} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

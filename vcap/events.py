@@ -6,11 +6,15 @@ layout, as manifests store it). The target text lists the events one per line,
 
     0:02.5 - 0:05.0: 빨간 원이 왼쪽으로 움직입니다.
     0:05.0 - 0:09.2: 파란 사각형 두 개가 나타납니다.
+
+:func:`parse_events` reads that layout back, strictly, and reports the lines it could not read.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -48,3 +52,37 @@ def clock(seconds: float) -> str:
 def events_text(events: list[dict[str, Any]]) -> str:
     """The target text: one ``m:ss.s - m:ss.s: caption`` line per event."""
     return "\n".join(f"{clock(e['start'])} - {clock(e['end'])}: {e['caption']}" for e in events)
+
+
+_LINE = re.compile(r"^(\d+):([0-5]\d\.\d) - (\d+):([0-5]\d\.\d): (\S.*)$")
+
+
+@dataclass
+class ParsedEvents:
+    """What :func:`parse_events` read: the events, and the lines it could not read (number, text)."""
+
+    events: list[dict[str, Any]]
+    unreadable: list[tuple[int, str]]
+
+
+def parse_events(text: str) -> ParsedEvents:
+    """The events of a model's (or a reference's) text, strictly in the :func:`events_text` layout.
+
+    A line is read only when it is exactly ``m:ss.s - m:ss.s: caption`` with start < end; any
+    other non-blank line is reported in ``unreadable`` with its 1-based number. The events keep
+    the order of the text (overlapping and out-of-order events are returned as written)."""
+    events, unreadable = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = _LINE.match(line.strip())
+        if match is None:
+            unreadable.append((number, line))
+            continue
+        m0, s0, m1, s1, caption = match.groups()
+        start, end = int(m0) * 60 + float(s0), int(m1) * 60 + float(s1)
+        if not start < end:
+            unreadable.append((number, line))
+            continue
+        events.append({"start": round(start, 1), "end": round(end, 1), "caption": caption.strip()})
+    return ParsedEvents(events, unreadable)
