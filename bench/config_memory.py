@@ -14,8 +14,10 @@ For each config it works out, per GPU:
   each layer keeps only its input (tokens x hidden x 2 bytes) and one layer's saved tensors are
   rebuilt at a time during backward.
 
-The sequence is the config's video tokens (frames x the projector's tokens per frame) plus
-32 prompt tokens and ``model.max_new_tokens`` caption tokens (an upper bound), all of them targets; attention is
+The sequence is the config's video tokens (frames x the projector's tokens per frame), with
+``frames.timestamps: text`` 10 more per frame group (its time label, at most 8 Qwen3 tokens for
+videos under 1,000 s, and its own vision start and end), plus 32 prompt tokens and
+``model.max_new_tokens`` caption tokens (an upper bound), all of them targets; attention is
 assumed to keep O(tokens) state (flash or memory-efficient SDPA, as on CUDA). Not counted: the CUDA
 context (~0.5 GB), the allocator's fragmentation, DDP's gradient buckets (trainable bytes x 1).
 
@@ -46,6 +48,7 @@ from qwen3_backbone.weights import release_freed_memory  # noqa: E402
 from vcap.config_io import load_config  # noqa: E402
 
 GB = 1024**3
+TIME_LABEL_TOKENS = 10  # per frame group with frames.timestamps: text ('<599.5 seconds>' is 8 tokens, + 2 controls)
 PROMPT_TOKENS = 32
 MARKER = "# Memory per GPU"
 SAMPLE_TOKENS = (128, 256)  # lengths of the measured forwards
@@ -202,8 +205,9 @@ def figures(path: Path, overrides: list[str] | None = None, processes: int = 1) 
     options = {"vision_hidden_size": v_width, "text_hidden_size": lm.hidden_size, **dict(m.projector)}
     projector = build_projector(projector_config_from_dict(options, "projector"))
     video_tokens = projector.num_output_tokens(m.frames.num_frames, patches)
+    groups = len(projector.temporal_groups(m.frames.num_frames)) if m.frames.timestamps == "text" else 0
     targets = m.max_new_tokens
-    tokens = video_tokens + PROMPT_TOKENS + targets
+    tokens = video_tokens + TIME_LABEL_TOKENS * groups + PROMPT_TOKENS + targets
     packed, total = count_params(name)
     lora_key = (t.lora.r, t.lora.alpha, tuple(t.lora.targets)) if t.stage == "lora" else ()
     costs = measure(name, t.stage, t.qlora, lora_key)
@@ -258,7 +262,8 @@ def comment(f: dict) -> list[str]:
     return [
         f"{MARKER}{sharded}, computed by bench/config_memory.py from measured per-parameter and per-token costs",
         "# (CPU, random weights; not measured on a GPU):",
-        f"#   language model {f['lm']:.1f} GB ({f['lm_kind']}){four_bit} + vision tower {f['vision']:.1f} GB (bf16)",
+        f"#   language model {f['lm']:.{2 if four_bit else 1}f} GB ({f['lm_kind']}){four_bit} + vision tower "
+        f"{f['vision']:.1f} GB (bf16)",
         f"#   + training state {f['state']:.2f} GB ({f['trainable'] / 1e6:.0f} M trainable parameters: fp32 weights, "
         "gradients, AdamW moments)",
         f"#   + activations {f['activations']:.1f} GB (batch {f['batch']} x {f['tokens']} tokens, {ckpt} gradient "

@@ -77,11 +77,12 @@ def load_split(manifest: Path, frames_cfg):
 
     from vcap.data import read_manifest
     from vcap.recipes.synthetic import ClipAttributes
+    from vcap.processor import read_options
     from vcap.video import read_frames
 
     samples = [s for s in read_manifest(manifest) if s.lang == "en"]
     started = time.perf_counter()
-    frames = np.stack([read_frames(s.video, **dataclasses.asdict(frames_cfg)).frames for s in samples])
+    frames = np.stack([read_frames(s.video, **read_options(frames_cfg)).frames for s in samples])
     print(f"{manifest.name}: {len(samples)} clips read in {time.perf_counter() - started:.1f} s")
     labels = {f.name: [str(s.extra["attributes"][f.name]) for s in samples] for f in dataclasses.fields(ClipAttributes)}
     unseen = torch.tensor([bool(s.extra.get("unseen_combination")) for s in samples])

@@ -134,7 +134,7 @@ def prepare_real(work: Path, args) -> None:
     save_pretrained(model, work / "lm")
     cache = FeatureCache(work / "cache", CACHE_KEY, torch.float32)
     for sample in read_manifest(work / "data" / "train.jsonl"):
-        cache.put(sample.video, torch.randn(REAL_FRAMES, 49, 768))
+        cache.put(sample.video, torch.randn(REAL_FRAMES, 49, 768), [k * 0.5 for k in range(REAL_FRAMES)])
 
 
 def real_captioner(work: Path, args):

@@ -6,7 +6,8 @@ gradio's queue with a concurrency limit. Binds 127.0.0.1 unless ``--host`` says 
 analytics, no version check, no hub calls (the captioner loads offline, as everywhere in vcap).
 
 Timestamped captions read and caption the windows of a video a batch at a time, and at most
-``--max-windows`` (120) windows per request: a longer video needs a longer window. Uploads and
+``--max-windows`` (120) windows per request: a longer video needs a longer window. Dense captions
+ask the model for the video's timed events and show them with an SRT file at the model's own times. Uploads and
 subtitle files live in one temporary folder, removed when the demo stops (Ctrl-C or SIGTERM).
 
     vcap demo [CAPTIONER_DIR] [--host 127.0.0.1] [--port 7860] [--share]
@@ -75,6 +76,9 @@ TEXT: dict[str, dict[str, str]] = {
         "segments_btn": "Caption every window",
         "table": "Captions by time",
         "srt": "Subtitles (SRT)",
+        "dense_tab": "Dense captions",
+        "dense_btn": "List the events",
+        "events": "Events (the model's own times)",
         "examples": "Examples",
     },
     "ko": {
@@ -100,6 +104,9 @@ TEXT: dict[str, dict[str, str]] = {
         "segments_btn": "구간마다 캡션 생성",
         "table": "시간별 캡션",
         "srt": "자막 (SRT)",
+        "dense_tab": "사건별 캡션",
+        "dense_btn": "사건 나열하기",
+        "events": "사건 (모델이 말한 시간)",
         "examples": "예시",
     },
 }
@@ -209,6 +216,21 @@ class Handlers:
         srt_path.write_text(to_srt(rows), encoding="utf-8")
         return [[_clock(r["start"]), _clock(r["end"]), r["caption"]] for r in rows], str(srt_path)
 
+    def dense(self, video, lang, max_tokens):
+        """(a table of the model's timed events, an SRT file at the model's own times) for one upload."""
+        try:
+            check_upload(video, self.options.max_upload_mb, self.options.max_duration_s)
+            asked = GenerationOptions(lang=lang, dense=True, max_new_tokens=int(max_tokens))
+            result = self.captioner.caption_frames([self.captioner.read(video)], asked)[0]
+        except (DemoError, VideoReadError, UsageError) as e:
+            raise _refuse(e, video) from None
+        folder = Path(tempfile.mkdtemp(prefix="srt-", dir=self.workdir))
+        srt_path = folder / short_name(f"{Path(video).stem}.events.srt")
+        srt_path.write_text(to_srt(result.events), encoding="utf-8")
+        rows = [[_clock(e["start"]), _clock(e["end"]), e["caption"]] for e in result.events]
+        rows += [["", "", f"(not an event) {line}"] for line in result.unreadable_lines]
+        return rows, str(srt_path)
+
     def _windows(self, video, duration: float, window) -> list[tuple[float, float]]:
         if not window or float(window) <= 0:
             raise DemoError("The window must be longer than 0 seconds. / 구간 길이는 0초보다 길어야 합니다.")
@@ -244,6 +266,8 @@ def build_app(captioner, options: DemoOptions = DemoOptions()):
                      [ui.thoughts, ui.text, ui.gallery], api_name="caption")
         ui.seg_run.click(handlers.segments, [ui.video, ui.lang, ui.preset, ui.custom, ui.window, ui.max_tokens],
                          [ui.table, ui.srt_file], api_name="segments")
+        ui.dense_run.click(handlers.dense, [ui.video, ui.lang, ui.max_tokens], [ui.events, ui.events_srt],
+                           api_name="dense")
         ui.ui_lang.change(_relabel, ui.ui_lang, [getattr(ui, name) for name in RELABELED], queue=False, api_name=False)
     app.queue(default_concurrency_limit=options.concurrency)
     return app
@@ -285,13 +309,17 @@ def _layout(captioner, options: DemoOptions) -> SimpleNamespace:
                 ui.seg_run = gr.Button(t["segments_btn"])
                 ui.table = gr.Dataframe(headers=["start", "end", "caption"], label=t["table"], wrap=True)
                 ui.srt_file = gr.File(label=t["srt"])
+            with gr.Accordion(t["dense_tab"], open=False) as ui.dense_panel:
+                ui.dense_run = gr.Button(t["dense_btn"], elem_id="dense-button")
+                ui.events = gr.Dataframe(headers=["start", "end", "caption"], label=t["events"], wrap=True)
+                ui.events_srt = gr.File(label=t["srt"])
     return ui
 
 
 # the components whose labels follow the interface language, in the order _relabel returns them
 RELABELED = ["header", "video", "lang", "preset", "custom", "thinking", "budget", "decoding", "temperature", "top_p",
              "max_tokens", "run", "text", "thoughts_panel", "thoughts", "gallery", "segments_panel", "window", "seg_run",
-             "table", "srt_file"]
+             "table", "srt_file", "dense_panel", "dense_run", "events", "events_srt"]
 
 
 def _relabel(ui: str):
@@ -308,6 +336,8 @@ def _relabel(ui: str):
         gr.update(label=t["caption"]), gr.update(label=t["thoughts"]), gr.update(label=t["thoughts"]),
         gr.update(label=t["frames"]), gr.update(label=t["segments_tab"]), gr.update(label=t["window"]),
         gr.update(value=t["segments_btn"]), gr.update(label=t["table"]), gr.update(label=t["srt"]),
+        gr.update(label=t["dense_tab"]), gr.update(value=t["dense_btn"]), gr.update(label=t["events"]),
+        gr.update(label=t["srt"]),
     )
 
 

@@ -3,6 +3,11 @@
 Every projector maps frozen vision features to the language model's embedding width:
 
     forward(feats: (B, T, P, Dv)) -> (B, N, D)        num_output_tokens(T, P) -> N
+    temporal_groups(T) -> [range of frames, ...]      the output's temporal groups, in order
+
+The N output tokens are grouped by time, group after group, each group with N / len(groups)
+tokens from the frames its range names (one frame each, or ``temporal_stride`` frames merged).
+That is what a time-aware prompt needs: each group's token count, and its frames' times.
 
 Types (one file each, one config dataclass each): ``linear``, ``mlp2x_gelu`` (LLaVA-1.5's two-layer
 GELU MLP) and ``pooled_mlp`` (spatial average pooling with a stride as LLaVA-NeXT-Video does,

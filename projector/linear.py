@@ -29,6 +29,10 @@ class LinearProjector(nn.Module):
     def num_output_tokens(self, T: int, P: int) -> int:
         return T * P
 
+    def temporal_groups(self, T: int) -> list[range]:
+        """The frames behind each temporal group of the output, in order: one group per frame."""
+        return [range(t, t + 1) for t in range(T)]
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, T, P, Dv) -> (B, T*P, D)."""
         B, T, P, Dv = feats.shape

@@ -57,6 +57,12 @@ class PooledMLPProjector(nn.Module):
         g = math.ceil(self._grid(P) / self.config.spatial_stride)
         return math.ceil(T / self.config.temporal_stride) * g * g
 
+    def temporal_groups(self, T: int) -> list[range]:
+        """The frames behind each temporal group of the output, in order: ``temporal_stride``
+        consecutive frames each (the last group may hold fewer; its padding repeats its last frame)."""
+        ts = self.config.temporal_stride
+        return [range(t, min(t + ts, T)) for t in range(0, T, ts)]
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, T, P, Dv) -> (B, ceil(T/ts) * ceil(g/s)^2, D)."""
         B, T, P, Dv = feats.shape

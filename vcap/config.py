@@ -21,6 +21,11 @@ DEFAULT_INSTRUCTIONS = {
     "ko": "이 영상을 한국어로 자세히 묘사해 주세요.",
     "en": "Describe this video in detail.",
 }
+# what a dense caption (timed events, vcap.events' layout) is asked for with, per language
+DEFAULT_DENSE_INSTRUCTIONS = {
+    "ko": "이 영상에서 일어나는 일을 시간 순서대로 한 줄에 하나씩 '분:초.초 - 분:초.초: 설명' 형식으로 적어 주세요.",
+    "en": "List the events of this video in order, one per line, as 'm:ss.s - m:ss.s: description'.",
+}
 LANGS = ("ko", "en")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -39,6 +44,7 @@ class FramesConfig:
     max_frames: int | None = None  # cap for strategy=fps
     size: int | None = 224  # decode-time resize of the shorter side (None: native)
     backend: str = "auto"  # auto | decord | pyav
+    timestamps: str = "none"  # text: each frame group's time as text before its tokens (Qwen3-VL); none
 
     def __post_init__(self) -> None:
         if self.strategy not in ("uniform", "fps"):
@@ -47,6 +53,8 @@ class FramesConfig:
             raise ConfigError(f"frames.num_frames must be >= 1, got {self.num_frames}")
         if self.strategy == "fps" and not (self.fps and self.fps > 0):
             raise ConfigError("frames.fps must be > 0 when frames.strategy is 'fps'")
+        if self.timestamps not in ("text", "none"):
+            raise ConfigError(f"frames.timestamps must be 'text' or 'none', got {self.timestamps!r}")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ConfigError(f"frames.backend must be auto, decord or pyav, got {self.backend!r}")
         if self.size is not None and self.size < 1:
@@ -79,6 +87,7 @@ class CaptionerConfig:
     vision_weights: str | None = None  # a safetensors file of the image tower (trained/random weights)
     system_prompt: str | None = None
     instructions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
+    dense_instructions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DENSE_INSTRUCTIONS))
     max_new_tokens: int = 128
     # weights' dtype: auto | float32 | bfloat16 | float16. auto: bfloat16 where the device has it
     # natively (CUDA, CPUs with AVX512-BF16/AMX) else float32 when captioning; for training, the
@@ -90,9 +99,10 @@ class CaptionerConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if "type" not in self.projector:
             raise ConfigError("projector.type is required (linear, mlp2x_gelu or pooled_mlp)")
-        missing = [lang for lang in LANGS if lang not in self.instructions]
-        if missing:
-            raise ConfigError(f"instructions.{missing[0]} is missing (a default prompt per language: ko, en)")
+        for key in ("instructions", "dense_instructions"):
+            missing = [lang for lang in LANGS if lang not in getattr(self, key)]
+            if missing:
+                raise ConfigError(f"{key}.{missing[0]} is missing (a default prompt per language: ko, en)")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 

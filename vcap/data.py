@@ -37,6 +37,7 @@ from .config import LANGS, RunConfig
 from .errors import UsageError
 from .events import check_events
 from .features import FeatureCache, encoder_fingerprint, extract_features
+from .processor import VideoLayout
 
 log = logging.getLogger("vcap.train")
 
@@ -66,8 +67,11 @@ class Sample:
         return self.turns[-1][1]
 
 
-def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None = None) -> list[Sample]:
-    """Parse and validate a manifest; raises ManifestError listing every bad line."""
+def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None = None,
+                  dense_instructions: dict[str, str] | None = None) -> list[Sample]:
+    """Parse and validate a manifest; raises ManifestError listing every bad line. A ``caption``
+    line is asked with ``instructions[lang]``, or with ``events`` ``dense_instructions[lang]``
+    (default: vcap.config's defaults)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -84,7 +88,7 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
                 problems.append((number, f"not valid JSON ({e.msg})"))
                 continue
             try:
-                samples.append(parse_sample(record, base, instructions))
+                samples.append(parse_sample(record, base, instructions, dense_instructions))
             except ValueError as e:
                 problems.append((number, str(e)))
     if problems:
@@ -94,7 +98,8 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
     return samples
 
 
-def parse_sample(record: Any, base: Path, instructions: dict[str, str] | None = None) -> Sample:
+def parse_sample(record: Any, base: Path, instructions: dict[str, str] | None = None,
+                 dense_instructions: dict[str, str] | None = None) -> Sample:
     """One manifest line's sample (video paths relative to ``base``); ValueError says what is wrong."""
     if not isinstance(record, dict):
         raise ValueError("each line must be a JSON object")
@@ -116,11 +121,12 @@ def parse_sample(record: Any, base: Path, instructions: dict[str, str] | None = 
         raise ValueError("needs a non-empty 'caption' (with 'lang') or 'conversations'")
     if lang is None:
         raise ValueError("a 'caption' needs 'lang' (ko or en)")
-    instruction = (instructions or {}).get(lang)
-    if instruction is None:
-        from .config import DEFAULT_INSTRUCTIONS
+    from .config import DEFAULT_DENSE_INSTRUCTIONS, DEFAULT_INSTRUCTIONS
 
-        instruction = DEFAULT_INSTRUCTIONS[lang]
+    if "events" in extra:  # the caption lists the events: asked for as a dense caption
+        instruction = (dense_instructions or DEFAULT_DENSE_INSTRUCTIONS).get(lang, DEFAULT_DENSE_INSTRUCTIONS[lang])
+    else:
+        instruction = (instructions or DEFAULT_INSTRUCTIONS).get(lang, DEFAULT_INSTRUCTIONS[lang])
     return Sample(video_path, [(instruction, caption.strip())], lang, extra)
 
 
@@ -146,19 +152,25 @@ def _conversation_turns(conversations: Any) -> list[tuple[str, str]]:
     return turns
 
 
-def chat_messages(sample: Sample, num_video_tokens: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """The sample as a chat; ``num_video_tokens == 0`` leaves the video out (text-only training)."""
+def chat_messages(sample: Sample, video: VideoLayout | int | None, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The sample as a chat; ``video`` is where the video goes in the first turn (a VideoLayout, or
+    a number of tokens in one block); None or 0 leaves it out (text-only training)."""
+    if isinstance(video, int):
+        video = VideoLayout(video) if video > 0 else None
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for i, (question, answer) in enumerate(sample.turns):
-        with_video = i == 0 and num_video_tokens > 0
-        user = video_message(num_video_tokens, question) if with_video else {"role": "user", "content": question}
+        if i == 0 and video is not None:
+            user = video_message(video.num_tokens, question, video.groups)
+        else:
+            user = {"role": "user", "content": question}
         messages += [user, {"role": "assistant", "content": answer}]
     return messages
 
 
-def tokenize_sample(tokenizer, sample: Sample, num_video_tokens: int, system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+def tokenize_sample(tokenizer, sample: Sample, video: VideoLayout | int | None,
+                    system_prompt: str | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels): labels[i] is the token to predict after position i, or IGNORE_INDEX."""
-    ids, mask = tokenize(tokenizer, chat_messages(sample, num_video_tokens, system_prompt))
+    ids, mask = tokenize(tokenizer, chat_messages(sample, video, system_prompt))
     labels = [ids[i + 1] if mask[i + 1] else IGNORE_INDEX for i in range(len(ids) - 1)] + [IGNORE_INDEX]
     return ids, labels
 
@@ -193,11 +205,11 @@ class CaptionDataset(torch.utils.data.Dataset):
         self.samples: list[Sample] = []
         self.tokens: list[tuple[np.ndarray, np.ndarray]] = []  # (input_ids, labels) as int32
         for sample in samples:
-            frames = cache.frames(sample.video) if cache is not None else 0
-            if frames is None:
+            times = cache.timestamps(sample.video) if cache is not None else []
+            if times is None:  # no stored features (the video could not be read)
                 continue
-            n = captioner.num_video_tokens(frames) if frames else 0
-            ids, labels = tokenize_sample(captioner.tokenizer, sample, n, captioner.config.system_prompt)
+            video = captioner.video_layout(times) if times else None  # with their time labels, if the config says so
+            ids, labels = tokenize_sample(captioner.tokenizer, sample, video, captioner.config.system_prompt)
             self.tokens.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
             self.samples.append(sample)
 
@@ -217,10 +229,11 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, wor
     """A run's training and validation sets: manifests read, vision features stored (each of
     ``world`` processes extracts its share on ``device``, then all wait at ``barrier``; unreadable
     videos are skipped and logged), samples tokenized."""
-    train_samples = read_manifest(cfg.data.train, captioner.config.instructions)
+    prompts = captioner.config.instructions, captioner.config.dense_instructions
+    train_samples = read_manifest(cfg.data.train, *prompts)
     if cfg.data.max_samples:
         train_samples = train_samples[: cfg.data.max_samples]
-    val_samples = read_manifest(cfg.data.val, captioner.config.instructions) if cfg.data.val else []
+    val_samples = read_manifest(cfg.data.val, *prompts) if cfg.data.val else []
     cache = None
     if not cfg.data.text_only:
         folder = cfg.data.feature_cache or Path(cfg.train.out_dir) / "feature_cache"  # None: this run's own

@@ -30,6 +30,7 @@ import re
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ def evaluate(captioner, manifest: str | os.PathLike, out_jsonl: str | os.PathLik
     if out_jsonl is not None:
         check_output_file(out_jsonl, "per-caption evaluation (JSONL)", "--out", is_ours=recognises(read_rows))
     options = {lang: GenerationOptions(lang=lang, thinking=thinking, max_new_tokens=max_new_tokens) for lang in LANGS}
+    # samples with events are asked for their events (the dense instruction) and read as events
     rows = caption_manifest(captioner, manifest, options, batch_size=batch_size, progress=progress, judge=judge)
     if out_jsonl is not None:
         write_jsonl(out_jsonl, rows)
@@ -116,13 +118,14 @@ def caption_manifest(captioner, manifest: str | os.PathLike, options: dict[str, 
     from .progress import progress_bar
     from .video import VideoReadError
 
-    groups: dict[tuple[Path, str], list] = defaultdict(list)
-    for sample in read_manifest(manifest, captioner.config.instructions):
-        groups[(sample.video, sample.lang or "en")].append(sample)
+    groups: dict[tuple[Path, str, bool], list] = defaultdict(list)
+    for sample in read_manifest(manifest, captioner.config.instructions, captioner.config.dense_instructions):
+        groups[(sample.video, sample.lang or "en", "events" in sample.extra)].append(sample)
     rows: list[dict[str, Any]] = []
     bar = progress_bar(len(groups), "evaluate", "caption", enabled=progress)
-    for lang in LANGS:
-        todo = [k for k in groups if k[1] == lang]
+    for lang, dense in [(lang, dense) for lang in LANGS for dense in (False, True)]:
+        todo = [k for k in groups if k[1:] == (lang, dense)]
+        asked = replace(options[lang], dense=dense)
         for start in range(0, len(todo), batch_size):
             clips, kept = [], []
             for key in todo[start : start + batch_size]:
@@ -131,8 +134,8 @@ def caption_manifest(captioner, manifest: str | os.PathLike, options: dict[str, 
                     kept.append(key)
                 except VideoReadError as e:
                     rows.append({"video": str(key[0]), "lang": lang, "status": "error", "error": e.reason})
-            results = captioner.caption_frames(clips, options[lang], sources=[str(k[0]) for k in kept]) if clips else []
-            rows += [_row(key, result, groups[key], options[lang], judge) for key, result in zip(kept, results)]
+            results = captioner.caption_frames(clips, asked, sources=[str(k[0]) for k in kept]) if clips else []
+            rows += [_row(key, result, groups[key], asked, judge) for key, result in zip(kept, results)]
             bar.update(len(todo[start : start + batch_size]))
     bar.close()
     return rows
@@ -144,10 +147,7 @@ def _row(key, result, samples, options: GenerationOptions, judge: Judge | None) 
     if options.thinking:
         row["thinking"] = result.thinking
     if "events" in samples[0].extra:  # dense captions: judged event by event in score()
-        from .events import parse_events
-
-        parsed = parse_events(result.caption)
-        row.update(events=parsed.events, unreadable_lines=[text for _, text in parsed.unreadable],
+        row.update(events=result.events, unreadable_lines=result.unreadable_lines,
                    reference_events=samples[0].extra["events"],
                    unseen_combination=any(e.get("unseen_combination") for e in samples[0].extra["events"]))
         return row

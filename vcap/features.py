@@ -23,7 +23,8 @@ from .video import VideoReadError
 
 
 class FeatureCache:
-    """Features per video: ``<folder>/<key>.safetensors`` (one tensor, ``features``)."""
+    """Features per video: ``<folder>/<key>.safetensors`` (one tensor, ``features``; the sampled
+    frames' times in its metadata, for time-labelled prompts)."""
 
     def __init__(self, folder: str | os.PathLike, encoder_key: str, dtype: torch.dtype = torch.bfloat16) -> None:
         self.folder = Path(folder)
@@ -57,6 +58,24 @@ class FeatureCache:
         except Exception:  # a damaged cache file is recomputed, not trusted
             return None
 
+    def timestamps(self, video: Path) -> list[float] | None:
+        """The stored frames' times in seconds (from the header); None when nothing usable is
+        stored. Files written before times were stored give None too, and are extracted again."""
+        from safetensors import safe_open
+
+        path = self.path(video)
+        if path is None or not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                count = int(f.get_slice("features").get_shape()[0])
+                times = json.loads((f.metadata() or {}).get("timestamps", "null"))
+        except Exception:  # a damaged cache file is recomputed, not trusted
+            return None
+        if not isinstance(times, list) or len(times) != count:
+            return None
+        return [float(t) for t in times]
+
     def get(self, video: Path) -> torch.Tensor | None:
         """The stored features (T, P, Dv) in the stored dtype, or None."""
         from safetensors.torch import load_file
@@ -69,13 +88,17 @@ class FeatureCache:
         except Exception:  # a damaged cache file is recomputed, not trusted
             return None
 
-    def put(self, video: Path, features: torch.Tensor) -> None:
+    def put(self, video: Path, features: torch.Tensor, timestamps: Sequence[float]) -> None:
+        """Store a video's features (T, P, Dv) and its T frames' times in seconds."""
         from safetensors.torch import save
 
         from .outputs import escape_surrogates, write_bytes
 
+        if len(timestamps) != features.shape[0]:
+            raise ValueError(f"{len(timestamps)} timestamps for {features.shape[0]} frames of features")
         data = save({"features": features.detach().to("cpu", self.dtype).contiguous()},
-                    metadata={"video": escape_surrogates(str(video))})
+                    metadata={"video": escape_surrogates(str(video)),
+                              "timestamps": json.dumps([float(t) for t in timestamps])})
         write_bytes(self.path(video), data)
 
 
@@ -85,7 +108,8 @@ def encoder_fingerprint(captioner) -> str:
 
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
-    digest.update(json.dumps(config_to_dict(captioner.config.frames), sort_keys=True).encode())
+    sampling = {k: v for k, v in config_to_dict(captioner.config.frames).items() if k != "timestamps"}  # prompt-only
+    digest.update(json.dumps(sampling, sort_keys=True).encode())
     for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().flatten()[:64].numpy().tobytes())  # cheap weight fingerprint
@@ -98,7 +122,7 @@ def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, pro
     """Store the features of every readable video of ``videos`` that the cache does not hold yet;
     returns the reason for each video that could not be read. Nothing is kept in memory. With
     ``device`` (the GPU a run trains on) the vision tower runs there meanwhile, then goes back."""
-    todo = [video for video in dict.fromkeys(videos) if cache.frames(video) is None]
+    todo = [video for video in dict.fromkeys(videos) if cache.timestamps(video) is None]
     home = captioner.vision.device
     if device is None or not todo or torch.device(device) == home:
         return _extract(captioner, todo, cache, progress, batch)
@@ -123,8 +147,8 @@ def _extract(captioner, todo: list[Path], cache: FeatureCache, progress: bool, b
             except VideoReadError as e:
                 failed[video] = e.reason
         if clips:
-            for video, feats in zip(chunk, captioner.encode([c.frames for c in clips])):
-                cache.put(video, feats)
+            for video, clip, feats in zip(chunk, clips, captioner.encode([c.frames for c in clips])):
+                cache.put(video, feats, clip.timestamps)
         bar.update(len(todo[start : start + batch]))
     bar.close()
     return failed

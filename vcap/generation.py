@@ -30,6 +30,7 @@ class GenerationOptions:
     top_k: int | None = None
     seed: int | None = None  # for sampling
     max_new_tokens: int | None = None  # None: the captioner's default
+    dense: bool = False  # ask for the video's timed events (the dense instruction) and parse them
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +66,14 @@ class GenerationOptions:
                                        ("top_k", self.top_k)) if v is not None}
         return SamplingConfig(**{**base, **overrides})
 
+    def identity(self) -> dict[str, Any]:
+        """Every option, as resume keys hash them; ``dense`` only when on, so that keys made before
+        it existed stay the same."""
+        options = asdict(self)
+        if not options["dense"]:
+            del options["dense"]
+        return options
+
     def key(self) -> str:
         """A short hash of every option (part of ``vcap caption``'s resume key)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]

@@ -37,8 +37,9 @@ from qwen3_backbone.generate import generate
 from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
 
 from .config import CaptionerConfig
+from .events import parse_events
 from .generation import GenerationOptions
-from .processor import VideoInput, VideoProcessor
+from .processor import VideoInput, VideoLayout, VideoProcessor
 from .video import Frames
 from .vision import VisionEncoder
 
@@ -57,6 +58,9 @@ class CaptionResult:
     duration: float
     num_tokens: int  # generated tokens
     timings: dict[str, float] = field(default_factory=dict)  # seconds for this clip: read, encode, generate
+    time_source: str = "decoder"  # "frame index" when raw frames came without times (see Frames)
+    events: list[dict[str, Any]] | None = None  # with options.dense: the caption read as timed events
+    unreadable_lines: list[str] | None = None  # with options.dense: caption lines that are not events
 
 
 @dataclass
@@ -65,6 +69,12 @@ class CaptionEvent:
 
     kind: str  # "thinking" | "caption"
     text: str
+
+
+def _events(caption: str) -> dict[str, Any]:
+    """A dense caption's events and the lines that are not events (vcap.events.parse_events)."""
+    parsed = parse_events(caption)
+    return {"events": parsed.events, "unreadable_lines": [text for _, text in parsed.unreadable]}
 
 
 class VideoCaptioner(nn.Module):
@@ -110,6 +120,13 @@ class VideoCaptioner(nn.Module):
     def num_video_tokens(self, num_frames: int) -> int:
         return self.projector.num_output_tokens(num_frames, self.vision.num_patches)
 
+    def video_layout(self, timestamps: Sequence[float]) -> VideoLayout:
+        """Where a video of frames sampled at ``timestamps`` (seconds) goes in the prompt: its tokens,
+        and with ``frames.timestamps: text`` its temporal groups, each labelled with its time."""
+        T = len(timestamps)
+        times = list(timestamps) if self.config.frames.timestamps == "text" else None
+        return VideoLayout.of(self.num_video_tokens(T), self.projector.temporal_groups(T), times)
+
     @torch.no_grad()
     def encode(self, videos: Sequence[torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
         """uint8 frames per video [(T_i, H_i, W_i, 3)] -> vision features [(T_i, P, Dv)], one forward."""
@@ -141,13 +158,14 @@ class VideoCaptioner(nn.Module):
         """Left-padded prompt ids (B, S), attention mask (B, S), spliced embeddings (B, S, D) and the
         instruction. ``features[i]``, when given, are clip i's vision features (T, P, Dv) from the
         feature cache; the other clips are encoded here."""
-        instruction = self.processor.instruction(options.prompt, options.lang)
+        instruction = self.processor.instruction(options.prompt, options.lang, options.dense)
         features = list(features) if features is not None else [None] * len(clips)
         todo = [i for i, f in enumerate(features) if f is None]
         for i, f in zip(todo, self.encode([clips[i].frames for i in todo]) if todo else []):
             features[i] = f
         videos = [self.project(f.to(self.device)[None])[0] for f in features]  # [(N_i, D)]
-        ids, mask = self.processor.prompts([v.shape[0] for v in videos], instruction, options.thinking)
+        ids, mask = self.processor.prompts([self.video_layout(c.timestamps) for c in clips], instruction,
+                                           options.thinking)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():
             embeds = self.splice(ids, videos)
@@ -208,6 +226,8 @@ class VideoCaptioner(nn.Module):
                 num_frames=len(clip), timestamps=list(clip.timestamps), duration=clip.duration,
                 num_tokens=len(tokens),
                 timings={"read": read_seconds, "encode": (t1 - t0) / len(clips), "generate": (t2 - t1) / len(clips)},
+                time_source=clip.time_source,
+                **(_events(answer) if options.dense else {}),
             ))
         return results
 

@@ -3,9 +3,11 @@ generated ids in, thinking and caption out. It holds no weights.
 
 - :meth:`VideoProcessor.read`: a path, read ``Frames`` or a uint8 array (T, H, W, 3) -> ``Frames``,
   sampled as the captioner's ``frames`` config says;
-- :meth:`VideoProcessor.prompts`: per video, the chat prompt with N ``<|video_pad|>`` tokens
-  (Qwen3's chat template; the instruction is always plain text), left-padded into ids (B, S) and
-  an attention mask (B, S);
+- :meth:`VideoProcessor.prompts`: per video, the chat prompt with its N ``<|video_pad|>`` tokens
+  (a :class:`VideoLayout`: one block, or with ``frames.timestamps: text`` one block per temporal
+  group after its time as text, ``<2.5 seconds>``, as Qwen3-VL writes videos; Qwen3's chat
+  template; the instruction is always plain text), left-padded into ids (B, S) and an attention
+  mask (B, S);
 - :meth:`VideoProcessor.splitter` / :meth:`VideoProcessor.decode`: generated ids -> thinking and
   caption, by one rule for streams and whole outputs (``qwen3_backbone.chat.ThinkingSplitter``).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,30 @@ from .config import CaptionerConfig, FramesConfig
 from .video import Frames, VideoInfo, read_frames
 
 VideoInput = str | os.PathLike | Frames | np.ndarray | torch.Tensor
+
+
+def time_label(seconds: float) -> str:
+    """A frame group's time as Qwen3-VL's processor writes it before the group's tokens."""
+    return f"<{seconds:.1f} seconds>"
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """A video's place in the prompt: ``num_tokens`` <|video_pad|> in one block, or with
+    ``frames.timestamps: text`` one block per temporal group after its time label
+    (``groups``: (label, tokens) in order)."""
+
+    num_tokens: int
+    groups: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, num_tokens: int, frame_groups: Sequence[range], timestamps: Sequence[float] | None) -> VideoLayout:
+        """From the projector's output size and temporal groups and the frames' times (None: no
+        time labels). A merged group is labelled with the mean time of its frames."""
+        if timestamps is None:
+            return cls(num_tokens)
+        per = num_tokens // len(frame_groups)
+        return cls(num_tokens, tuple((time_label(sum(timestamps[t] for t in g) / len(g)), per) for g in frame_groups))
 
 
 def read_options(frames: FramesConfig) -> dict[str, Any]:
@@ -50,28 +77,32 @@ class VideoProcessor:
             array = np.asarray(video)
             if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
                 raise ValueError(f"frames must be uint8 (T, H, W, 3), got {array.dtype} {array.shape}")
-            info = VideoInfo(array.shape[0], 1.0, array.shape[2], array.shape[1])
-            return Frames(array, list(range(len(array))), [float(i) for i in range(len(array))], info, "array")
+            info = VideoInfo(array.shape[0], 1.0, array.shape[2], array.shape[1])  # no times: frame indices
+            return Frames(array, list(range(len(array))), [float(i) for i in range(len(array))], info, "array",
+                          time_source="frame index")
         start, end = window if window is not None else (0.0, None)
         return read_frames(video, start=start, end=end, **read_options(frames or self.config.frames))
 
-    def instruction(self, prompt: str | None, lang: str) -> str:
-        """The user's prompt, or the captioner's default instruction for ``lang``."""
-        return prompt if prompt else self.config.instructions[lang]
+    def instruction(self, prompt: str | None, lang: str, dense: bool = False) -> str:
+        """The user's prompt, or the captioner's default instruction for ``lang`` (with ``dense``, the
+        one that asks for timed events)."""
+        if prompt:
+            return prompt
+        return (self.config.dense_instructions if dense else self.config.instructions)[lang]
 
-    def prompt_ids(self, num_video_tokens: int, instruction: str, thinking: bool) -> list[int]:
+    def prompt_ids(self, video: VideoLayout, instruction: str, thinking: bool) -> list[int]:
         """One prompt: [system], user turn with the video and the instruction, generation prompt."""
         messages = []
         if self.config.system_prompt:
             messages.append({"role": "system", "content": self.config.system_prompt})
-        messages.append(video_message(num_video_tokens, instruction))
+        messages.append(video_message(video.num_tokens, instruction, video.groups))
         ids, _ = tokenize(self.tokenizer, messages, add_generation_prompt=True, enable_thinking=thinking)
         return ids
 
-    def prompts(self, num_video_tokens: Sequence[int], instruction: str,
+    def prompts(self, videos: Sequence[VideoLayout], instruction: str,
                 thinking: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids (B, S) and attention mask (B, S), one row per video."""
-        rows = [self.prompt_ids(n, instruction, thinking) for n in num_video_tokens]
+        rows = [self.prompt_ids(v, instruction, thinking) for v in videos]
         S = max(len(r) for r in rows)
         ids = torch.full((len(rows), S), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros(len(rows), S, dtype=torch.long)

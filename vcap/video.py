@@ -64,6 +64,7 @@ class Frames:
     backend: str
     path: str = ""
     window: tuple[float, float] = field(default=(0.0, 0.0))  # the [t0, t1) it was sampled from
+    time_source: str = "decoder"  # where ``timestamps`` come from: "decoder", or "frame index" (raw frames)
 
     @property
     def duration(self) -> float:

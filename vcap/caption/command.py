@@ -17,6 +17,9 @@ already done (same path, size, modification time, model files and settings), ret
 ones with ``--retry-failed``, and never writes a duplicate. ``--format csv`` keeps that JSON-lines
 journal at OUT.journal.jsonl and writes the table to OUT. ``--segments SECONDS`` captions each
 window of every video and writes SRT and WebVTT subtitles into OUT's folder (``<out stem>.subtitles/``).
+``--dense`` asks the model for the video's timed events instead (the captioner's dense
+instruction), puts them in the record (``events``, and ``unreadable_lines`` for lines that are not
+events) and writes subtitles at the model's own times into the same folder.
 
 OUT is written only if it is new or an earlier output of ``vcap caption``; any other file is left
 untouched and the command stops (exit 2). Two runs on one OUT are refused: the second stops at
@@ -74,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=positive_float, help="frames per second for --strategy fps")
     parser.add_argument("--segments", type=positive_float, metavar="SECONDS",
                         help="caption each window of this many seconds; writes SRT and WebVTT files")
+    parser.add_argument("--dense", action="store_true",
+                        help="ask the model for the video's timed events (its dense instruction) and write them to "
+                             "the record and, at the model's own times, to SRT and WebVTT files")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="videos (or windows) per model batch (default 4)")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="decoding worker processes; 0 decodes in the main process")
@@ -87,10 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.strategy == "fps" and args.fps is None:
         raise UsageError("--strategy fps needs --fps (frames per second, > 0)")
+    if args.dense and args.segments:
+        raise UsageError("--dense and --segments exclude each other: --dense takes the times from the model, "
+                         "--segments captions fixed windows")
     options = GenerationOptions(
         lang=args.lang, prompt=args.prompt, thinking=args.thinking, thinking_budget=args.thinking_budget,
         sampling=None if args.sampling == "greedy" else args.sampling, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens)
+        top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens, dense=args.dense)
     settings = BatchSettings(options, num_frames=args.frames, strategy=args.strategy, fps=args.fps,
                              segments=args.segments)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

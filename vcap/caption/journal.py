@@ -18,7 +18,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class BatchSettings:
 
     def key(self) -> str:
         """A short hash of every setting: part of each record's identity."""
-        flat = {**asdict(self.options), "num_frames": self.num_frames, "strategy": self.strategy, "fps": self.fps,
+        flat = {**self.options.identity(), "num_frames": self.num_frames, "strategy": self.strategy, "fps": self.fps,
                 "segments": self.segments}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -59,9 +59,16 @@ def model_id(captioner, name: str | os.PathLike = "captioner") -> str:
     """``name@hash``: the hash covers every file the captioner was built from (path, size and
     modification time, wherever the file lives) and its config, so a changed weight file anywhere
     means new captions."""
+    from ..config import DEFAULT_DENSE_INSTRUCTIONS
     from ..config_io import config_to_dict
 
-    digest = hashlib.sha256(json.dumps(config_to_dict(captioner.config), sort_keys=True).encode())
+    config = config_to_dict(captioner.config)
+    # settings added later, at their defaults, leave the id of an existing captioner unchanged
+    if config["frames"].get("timestamps") == "none":
+        del config["frames"]["timestamps"]
+    if config.get("dense_instructions") == DEFAULT_DENSE_INSTRUCTIONS:
+        del config["dense_instructions"]
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for path in sorted(captioner.sources):
         stat = path.stat()
         digest.update(os.fsencode(str(path)) + f"|{stat.st_size}|{stat.st_mtime_ns}".encode())

@@ -262,6 +262,8 @@ class _Records:
                           timestamps=[round(t, 3) for t in first.timestamps])
             if self.settings.options.thinking:
                 record["thinking"] = first.thinking
+            if self.settings.options.dense:
+                record.update(self._events(video, first))
         record["timings"] = {"read": round(part["seconds"], 4),
                              "encode": round(sum(r.timings["encode"] for _, r in pairs), 4),
                              "generate": round(sum(r.timings["generate"] for _, r in pairs), 4)}
@@ -277,6 +279,15 @@ class _Records:
         write_text(vtt_path, to_vtt(segments))
         return {"caption": " ".join(s["caption"] for s in segments), "segments": segments,
                 "frames": sum(r.num_frames for _, r in pairs), "srt": str(srt_path), "vtt": str(vtt_path)}
+
+
+    def _events(self, video: Path, result) -> Record:
+        """A dense caption's events, written as SRT and WebVTT at the model's own times."""
+        srt_path, vtt_path = subtitle_paths(self.out, video)
+        write_text(srt_path, to_srt(result.events))
+        write_text(vtt_path, to_vtt(result.events))
+        return {"events": result.events, "unreadable_lines": result.unreadable_lines, "srt": str(srt_path),
+                "vtt": str(vtt_path)}
 
 
 def subtitle_paths(out: Path, video: Path) -> tuple[Path, Path]:

@@ -22,7 +22,6 @@ Notation: N frames in a batch, P tokens per frame, Dv tower width, V caption wor
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from torch import nn
 from ..config import CaptionerConfig
 from ..outputs import write_bytes
 from ..data import read_manifest
+from ..processor import read_options
 from ..video import VideoReadError, read_frames
 from ..vision import VisionEncoder
 
@@ -64,7 +64,7 @@ def load_clips(manifest: str | os.PathLike, model: CaptionerConfig, frames_per_c
     words: dict[Path, set[str]] = {}
     for sample in read_manifest(manifest):
         words.setdefault(sample.video, set()).update(w for _, answer in sample.turns for w in caption_words(answer))
-    sampling = {**dataclasses.asdict(model.frames), "num_frames": frames_per_clip, "strategy": "uniform"}
+    sampling = {**read_options(model.frames), "num_frames": frames_per_clip, "strategy": "uniform"}
     clips, clip_words, skipped = [], [], []
     for video, bag in words.items():
         try:
