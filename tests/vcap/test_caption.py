@@ -517,3 +517,18 @@ def test_the_resume_key_of_earlier_outputs_still_matches():
             "num_frames": 4, "strategy": None, "fps": None, "segments": 5.0}
     expected = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
     assert BatchSettings(GenerationOptions(lang="en"), num_frames=4, segments=5.0).key() == expected
+
+
+def test_the_model_id_of_an_existing_captioner_does_not_change():
+    """Settings added to captioner.json later (frames.timestamps, dense_instructions) leave, at their
+    defaults, the model id earlier outputs were written with: their resume still skips what is done.
+    The expected id was computed with the code before those settings existed (commit 0aa353d)."""
+    import types
+
+    from vcap.caption.journal import model_id
+    from vcap.config import CaptionerConfig, FramesConfig
+
+    config = CaptionerConfig(language_model="preset:mini", frames=FramesConfig(num_frames=4, size=64))
+    assert model_id(types.SimpleNamespace(config=config, sources=()), "captioner") == "captioner@0e8474c42269"
+    timed = CaptionerConfig(language_model="preset:mini", frames=FramesConfig(num_frames=4, size=64, timestamps="text"))
+    assert model_id(types.SimpleNamespace(config=timed, sources=()), "captioner") != "captioner@0e8474c42269"
