@@ -42,6 +42,8 @@ class FramesConfig:
     strategy: str = "uniform"  # uniform | fps
     fps: float | None = None  # for strategy=fps
     max_frames: int | None = None  # cap for strategy=fps
+    min_frames: int | None = None  # floor for strategy=fps (short clips: spread evenly instead)
+    token_budget: int | None = None  # most visual tokens per video: fewer frames are sampled to fit
     size: int | None = 224  # decode-time resize of the shorter side (None: native)
     backend: str = "auto"  # auto | decord | pyav
     timestamps: str = "none"  # text: each frame group's time as text before its tokens (Qwen3-VL); none
@@ -61,6 +63,10 @@ class FramesConfig:
             raise ConfigError(f"frames.size must be > 0 pixels (or null for the native size), got {self.size}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"frames.max_frames must be >= 1 (or null), got {self.max_frames}")
+        if self.min_frames is not None and not 1 <= self.min_frames <= (self.max_frames or self.min_frames):
+            raise ConfigError(f"frames.min_frames must be >= 1 and <= max_frames (or null), got {self.min_frames}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ConfigError(f"frames.token_budget must be >= 1 visual token (or null), got {self.token_budget}")
         if self.num_frames < 1:
             raise ConfigError(f"frames.num_frames must be >= 1, got {self.num_frames}")
 

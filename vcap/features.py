@@ -108,7 +108,10 @@ def encoder_fingerprint(captioner) -> str:
 
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
-    sampling = {k: v for k, v in config_to_dict(captioner.config.frames).items() if k != "timestamps"}  # prompt-only
+    # timestamps only changes the prompt; settings added later are left out at their defaults, so
+    # that features stored before they existed stay valid
+    sampling = {k: v for k, v in config_to_dict(captioner.config.frames).items()
+                if k != "timestamps" and not (k in ("min_frames", "token_budget") and v is None)}
     digest.update(json.dumps(sampling, sort_keys=True).encode())
     for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
         digest.update(name.encode())

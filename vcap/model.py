@@ -39,7 +39,7 @@ from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
 from .config import CaptionerConfig
 from .events import parse_events
 from .generation import GenerationOptions
-from .processor import VideoInput, VideoLayout, VideoProcessor
+from .processor import VideoInput, VideoLayout, VideoProcessor, frames_within
 from .video import Frames
 from .vision import VisionEncoder
 
@@ -58,6 +58,7 @@ class CaptionResult:
     duration: float
     num_tokens: int  # generated tokens
     timings: dict[str, float] = field(default_factory=dict)  # seconds for this clip: read, encode, generate
+    sampling: dict[str, Any] = field(default_factory=dict)  # how the frames were chosen (Frames.plan)
     time_source: str = "decoder"  # "frame index" when raw frames came without times (see Frames)
     events: list[dict[str, Any]] | None = None  # with options.dense: the caption read as timed events
     unreadable_lines: list[str] | None = None  # with options.dense: caption lines that are not events
@@ -114,8 +115,13 @@ class VideoCaptioner(nn.Module):
         return self.backbone.dtype
 
     def read(self, video: VideoInput, frames: Any = None, window: tuple[float, float] | None = None) -> Frames:
-        """A path, Frames or uint8 array -> Frames (see VideoProcessor.read)."""
-        return self.processor.read(video, frames, window)
+        """A path, Frames or uint8 array -> Frames (see VideoProcessor.read), within the token budget."""
+        return self.processor.read(video, frames, window, self.frame_limit(frames))
+
+    def frame_limit(self, frames: Any = None) -> int | None:
+        """The most frames whose visual tokens fit ``frames.token_budget`` (None: no budget); at
+        least one frame."""
+        return frames_within((frames or self.config.frames).token_budget, self.num_video_tokens)
 
     def num_video_tokens(self, num_frames: int) -> int:
         return self.projector.num_output_tokens(num_frames, self.vision.num_patches)
@@ -226,7 +232,7 @@ class VideoCaptioner(nn.Module):
                 num_frames=len(clip), timestamps=list(clip.timestamps), duration=clip.duration,
                 num_tokens=len(tokens),
                 timings={"read": read_seconds, "encode": (t1 - t0) / len(clips), "generate": (t2 - t1) / len(clips)},
-                time_source=clip.time_source,
+                time_source=clip.time_source, sampling=dict(clip.plan),
                 **(_events(answer) if options.dense else {}),
             ))
         return results

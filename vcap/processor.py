@@ -15,7 +15,7 @@ generated ids in, thinking and caption out. It holds no weights.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +55,26 @@ class VideoLayout:
         return cls(num_tokens, tuple((time_label(sum(timestamps[t] for t in g) / len(g)), per) for g in frame_groups))
 
 
-def read_options(frames: FramesConfig) -> dict[str, Any]:
+def frames_within(budget: int | None, tokens_for: Callable[[int], int]) -> int | None:
+    """The most frames whose visual tokens (``tokens_for(frames)``, growing with the frames) fit a
+    token budget; at least one; None without a budget."""
+    if budget is None:
+        return None
+    low, high = 1, max(1, budget)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if tokens_for(mid) <= budget else (low, mid - 1)
+    return low
+
+
+def read_options(frames: FramesConfig, frame_limit: int | None = None) -> dict[str, Any]:
     """``vcap.video.read_frames``'s keyword arguments for a frames config: the one place a config
-    becomes a way of sampling (the library, ``vcap caption``'s workers and the demo all use it)."""
+    becomes a way of sampling (the library, ``vcap caption``'s workers and the demo all use it).
+    ``frame_limit``: the most frames the captioner's ``token_budget`` allows (see
+    ``VideoCaptioner.frame_limit``)."""
     return {"num_frames": frames.num_frames, "strategy": frames.strategy, "fps": frames.fps,
-            "max_frames": frames.max_frames, "size": frames.size, "backend": frames.backend}
+            "max_frames": frames.max_frames, "min_frames": frames.min_frames, "frame_limit": frame_limit,
+            "size": frames.size, "backend": frames.backend}
 
 
 class VideoProcessor:
@@ -68,9 +83,10 @@ class VideoProcessor:
         self.config = config
 
     def read(self, video: VideoInput, frames: FramesConfig | None = None,
-             window: tuple[float, float] | None = None) -> Frames:
+             window: tuple[float, float] | None = None, frame_limit: int | None = None) -> Frames:
         """A path, already-read Frames, or a uint8 array (T, H, W, 3) -> Frames; a path is sampled
-        as ``frames`` (default: the captioner's) says, within ``window`` (start, end) seconds if given."""
+        as ``frames`` (default: the captioner's) says, within ``window`` (start, end) seconds if given,
+        and at most ``frame_limit`` frames (the token budget's; see ``read_options``)."""
         if isinstance(video, Frames):
             return video
         if isinstance(video, (np.ndarray, torch.Tensor)):
@@ -81,7 +97,7 @@ class VideoProcessor:
             return Frames(array, list(range(len(array))), [float(i) for i in range(len(array))], info, "array",
                           time_source="frame index")
         start, end = window if window is not None else (0.0, None)
-        return read_frames(video, start=start, end=end, **read_options(frames or self.config.frames))
+        return read_frames(video, start=start, end=end, **read_options(frames or self.config.frames, frame_limit))
 
     def instruction(self, prompt: str | None, lang: str, dense: bool = False) -> str:
         """The user's prompt, or the captioner's default instruction for ``lang`` (with ``dense``, the

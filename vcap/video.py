@@ -65,6 +65,7 @@ class Frames:
     path: str = ""
     window: tuple[float, float] = field(default=(0.0, 0.0))  # the [t0, t1) it was sampled from
     time_source: str = "decoder"  # where ``timestamps`` come from: "decoder", or "frame index" (raw frames)
+    plan: dict = field(default_factory=dict)  # how the frames were chosen (see sampling_plan)
 
     @property
     def duration(self) -> float:
@@ -85,6 +86,8 @@ def read_frames(
     *,
     fps: float | None = None,
     max_frames: int | None = None,
+    min_frames: int | None = None,
+    frame_limit: int | None = None,
     size: int | tuple[int, int] | None = None,
     backend: str = "auto",
     start: float = 0.0,
@@ -110,9 +113,36 @@ def read_frames(
     path = Path(path)
     _check_file(path)
 
-    def sampler(info: VideoInfo) -> list[int]:
-        return sample_indices(info, num_frames, strategy, fps=fps, max_frames=max_frames, start=start, end=end)
+    options = dict(num_frames=num_frames, strategy=strategy, fps=fps, max_frames=max_frames, min_frames=min_frames,
+                   frame_limit=frame_limit, start=start, end=end)
+    clip = _read(path, lambda info: sample_indices(info, **options), size, backend, start, end)
+    clip.plan = sampling_plan(clip.info, **options)
+    return clip
 
+
+def sampling_plan(info: VideoInfo, *, num_frames: int = 8, strategy: str = "uniform", fps: float | None = None,
+                  max_frames: int | None = None, min_frames: int | None = None, frame_limit: int | None = None,
+                  start: float = 0.0, end: float | None = None) -> dict:
+    """How a clip's frames were chosen, for the output record: the strategy, the frames taken, what
+    was asked (``num_frames``, or for ``fps`` how many frames the rate gave), and what limited it:
+    ``max_frames``, ``min_frames`` or the captioner's ``token_budget`` (``frame_limit``), or None."""
+    taken = len(sample_indices(info, num_frames, strategy, fps=fps, max_frames=max_frames, min_frames=min_frames,
+                               frame_limit=frame_limit, start=start, end=end))
+    if strategy == "uniform":
+        limit = "token_budget" if taken < num_frames else None
+        return {"strategy": "uniform", "frames": taken, "num_frames": num_frames, "limited_by": limit}
+    at_fps = len(sample_indices(info, 1, "fps", fps=fps, start=start, end=end))
+    cap = min(max_frames or at_fps, frame_limit or at_fps)
+    limit = None
+    if at_fps > cap:
+        limit = "token_budget" if frame_limit is not None and frame_limit < (max_frames or at_fps) else "max_frames"
+    elif min_frames and at_fps < min_frames and taken > at_fps:
+        limit = "min_frames"
+    return {"strategy": "fps", "fps": fps, "frames": taken, "frames_at_fps": at_fps, "min_frames": min_frames,
+            "max_frames": max_frames, "limited_by": limit}
+
+
+def _read(path: Path, sampler, size, backend: str, start: float, end: float | None) -> Frames:
     if backend in ("auto", "decord"):
         try:
             import decord  # noqa: F401
@@ -152,10 +182,19 @@ def sample_indices(
     *,
     fps: float | None = None,
     max_frames: int | None = None,
+    min_frames: int | None = None,
+    frame_limit: int | None = None,
     start: float = 0.0,
     end: float | None = None,
 ) -> list[int]:
-    """Which frame indices to read for a strategy within the window [start, end) seconds."""
+    """Which frame indices to read for a strategy within the window [start, end) seconds. With
+    ``fps``: one frame every 1/fps seconds, then at most ``max_frames`` (spread evenly over those)
+    and at least ``min_frames`` (spread evenly over the window, as far as the window has frames).
+    ``frame_limit`` (a token budget's) caps either strategy's count."""
+    if frame_limit is not None:
+        num_frames = min(num_frames, frame_limit)
+        max_frames = min(max_frames or frame_limit, frame_limit)
+        min_frames = min(min_frames, frame_limit) if min_frames else None
     n, native = info.num_frames, info.fps
     first = min(max(0, math.ceil(start * native - 1e-6)), n - 1)
     last = n if end is None else min(n, max(first + 1, math.ceil(end * native - 1e-6)))
@@ -174,6 +213,9 @@ def sample_indices(
     indices = indices or [first]
     if max_frames and len(indices) > max_frames:
         indices = [indices[int((k + 0.5) * len(indices) / max_frames)] for k in range(max_frames)]
+    if min_frames and len(indices) < min_frames:
+        want = min(min_frames, span)
+        indices = [first + min(span - 1, int((k + 0.5) * span / want)) for k in range(want)]
     return indices
 
 

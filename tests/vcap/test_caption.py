@@ -136,6 +136,8 @@ def test_captions_equal_the_library(tmp_path, captioner_dir, library):
     library_captions = [r.caption for r in load_captioner(captioner_dir).caption([str(v) for v in good], lang="ko",
                                                                                  batch_size=2)]
     assert ours == library_captions and any(ours)
+    assert all(r["sampling"] == {"strategy": "uniform", "frames": r["frames"], "num_frames": 4, "limited_by": None}
+               for r in read_records(out))  # how the frames were chosen, in every record
 
 
 def test_csv_output(tmp_path, captioner_dir, library):
@@ -520,7 +522,8 @@ def test_the_resume_key_of_earlier_outputs_still_matches():
 
 
 def test_the_model_id_of_an_existing_captioner_does_not_change():
-    """Settings added to captioner.json later (frames.timestamps, dense_instructions) leave, at their
+    """Settings added to captioner.json later (frames.timestamps, .min_frames, .token_budget,
+    dense_instructions) leave, at their
     defaults, the model id earlier outputs were written with: their resume still skips what is done.
     The expected id was computed with the code before those settings existed (commit 0aa353d)."""
     import types

@@ -92,6 +92,19 @@ def test_time_labelled_prompts_keep_the_video_embeddings_in_order(clips):
     assert from_array.time_source == "frame index" and from_array.timestamps == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_a_token_budget_samples_fewer_frames_and_says_so(clips):
+    from dataclasses import replace
+
+    budgeted = tiny_captioner()
+    per_frame = budgeted.num_video_tokens(1)
+    budgeted.config = replace(budgeted.config, frames=replace(budgeted.config.frames, token_budget=2 * per_frame + 1))
+    assert budgeted.frame_limit() == 2 and tiny_captioner().frame_limit() is None
+    result = budgeted.caption(clips[0], lang="en")[0]
+    assert result.num_frames == 2 and result.sampling["limited_by"] == "token_budget"
+    assert tiny_captioner().caption(clips[0], lang="en")[0].sampling == {
+        "strategy": "uniform", "frames": 4, "num_frames": 4, "limited_by": None}
+
+
 def test_a_count_mismatch_raises(captioner):
     ids = torch.tensor([[1, VIDEO_PAD_ID, VIDEO_PAD_ID, 2]])
     with pytest.raises(ValueError, match="2 <\\|video_pad\\|> tokens but the video has 3"):

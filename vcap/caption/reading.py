@@ -55,7 +55,7 @@ def read_task(task: Task, path: str, frames_cfg: dict[str, Any], cache: tuple[st
     """Runs in a worker: sample (and resize) the frames of one video, or of some of its windows."""
     import numpy as np
 
-    from ..video import Frames, VideoReadError, probe, read_frames, sample_indices
+    from ..video import Frames, VideoReadError, probe, read_frames, sample_indices, sampling_plan
 
     t0 = time.perf_counter()
     result = ReadResult(task.index, last=task.last, duration=task.duration)
@@ -71,10 +71,12 @@ def read_task(task: Task, path: str, frames_cfg: dict[str, Any], cache: tuple[st
                 features = FeatureCache(cache[0], cache[1]).get(Path(path))
             if features is not None:  # no decoding: the frames' metadata from the header
                 info = probe(path)
-                indices = sample_indices(info, frames_cfg["num_frames"], frames_cfg["strategy"], fps=frames_cfg["fps"],
-                                         max_frames=frames_cfg["max_frames"])
+                sampling = {k: frames_cfg[k] for k in ("num_frames", "strategy", "fps", "max_frames", "min_frames",
+                                                       "frame_limit")}
+                indices = sample_indices(info, **sampling)
                 clip = Frames(np.zeros((len(indices), 1, 1, 3), np.uint8), indices,
-                              [i / info.fps for i in indices], info, "feature-cache", path)
+                              [i / info.fps for i in indices], info, "feature-cache", path,
+                              plan=sampling_plan(info, **sampling))
                 result.units.append(Unit(clip, features))
             else:
                 result.units.append(Unit(read_frames(path, **frames_cfg)))

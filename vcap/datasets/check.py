@@ -218,6 +218,7 @@ def visual_token_counter(source: Path) -> Callable[[dict[str, Any]], int]:
     from ..builder import CONFIG_FILE
     from ..config import CaptionerConfig
     from ..config_io import config_from_dict, load_config, read_config_file
+    from ..processor import frames_within
     from ..video import VideoInfo, sample_indices
     from ..vision import VisionEncoder
     from projector import build_projector, projector_config_from_dict
@@ -238,10 +239,12 @@ def visual_token_counter(source: Path) -> Callable[[dict[str, Any]], int]:
     with torch.device("meta"):  # the projector's weights are never used either
         projector = build_projector(projector_config_from_dict(options, str(saved)))
     frames = config.frames
+    limit = frames_within(frames.token_budget, lambda n: projector.num_output_tokens(n, vision.num_patches))
 
     def count(probe: dict[str, Any]) -> int:
         info = VideoInfo(probe["num_frames"], probe["fps"], probe["width"], probe["height"])
-        n = len(sample_indices(info, frames.num_frames, frames.strategy, fps=frames.fps, max_frames=frames.max_frames))
+        n = len(sample_indices(info, frames.num_frames, frames.strategy, fps=frames.fps, max_frames=frames.max_frames,
+                               min_frames=frames.min_frames, frame_limit=limit))
         return projector.num_output_tokens(n, vision.num_patches)
 
     return count
