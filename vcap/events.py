@@ -21,7 +21,8 @@ from typing import Any
 def check_events(events: Any, duration: float | None = None, tolerance: float = 0.5) -> list[dict[str, Any]]:
     """Validated events, sorted by start: each needs a finite ``start`` >= 0 below its ``end`` and a
     non-empty ``caption``; with a known ``duration``, no event may end more than ``tolerance``
-    seconds after it (ends are clipped to it). Raises ValueError naming the event."""
+    seconds after it (ends are clipped to it). Other keys of an event (``attributes``, ...) are kept.
+    Raises ValueError naming the event."""
     if not isinstance(events, list) or not events:
         raise ValueError("'events' must be a non-empty list of {start, end, caption}")
     checked = []
@@ -38,7 +39,7 @@ def check_events(events: Any, duration: float | None = None, tolerance: float = 
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"events[{i}]: 'caption' must be non-empty text")
         end = min(end, duration) if duration is not None else end
-        checked.append({"start": float(start), "end": float(end), "caption": " ".join(caption.split())})
+        checked.append({**event, "start": float(start), "end": float(end), "caption": " ".join(caption.split())})
     return sorted(checked, key=lambda e: (e["start"], e["end"]))
 
 

@@ -88,3 +88,55 @@ def test_vcap_synth_command(tmp_path, capsys):
                  "--frames", "4", "--quiet"]) == 0
     assert (tmp_path / "train.jsonl").exists() and len(list((tmp_path / "train").glob("*.mp4"))) == 2
     assert "train:" in capsys.readouterr().out
+
+
+def test_multi_event_clips_for_dense_captions(tmp_path, capsys):
+    """`vcap synth --events 2-3`: 6-12 s clips of 2-3 consecutive events at random boundaries, each
+    event drawn with its own attributes; captions per event in both languages; half of the test
+    events held out; the manifests read back with the dense instruction."""
+    from vcap.config import DEFAULT_DENSE_INSTRUCTIONS
+    from vcap.data import read_manifest
+    from vcap.events import events_text, parse_events
+    from vcap.recipes.synthetic import judge_attributes, split_combinations
+
+    out = tmp_path / "dense"
+    assert main(["synth", "--out", str(out), "--events", "2-3", "--n", "4", "--n-val", "1", "--n-test", "6",
+                 "--size", "64", "--fps", "8", "--quiet"]) == 0
+    seen, unseen = split_combinations(0)
+    seen_keys = {json.dumps(c.__dict__, sort_keys=True) for c in seen}
+    test_events, held_out = 0, 0
+    for split in ("train", "val", "test"):
+        samples = read_manifest(out / f"{split}.jsonl")
+        assert {s.lang for s in samples} == {"en", "ko"}
+        for sample in samples:
+            events = sample.extra["events"]
+            duration = sample.extra["duration"]
+            assert 2 <= len(events) <= 3 and 6.0 <= duration <= 12.0
+            assert events[0]["start"] == 0.0 and events[-1]["end"] == duration
+            assert all(a["end"] == b["start"] and a["end"] - a["start"] >= 1.5 for a, b in zip(events, events[1:]))
+            assert sample.caption == events_text(events) and parse_events(sample.caption).events == [
+                {k: round(e[k], 1) if k != "caption" else e[k] for k in ("start", "end", "caption")} for e in events]
+            assert sample.turns[0][0] == DEFAULT_DENSE_INSTRUCTIONS[sample.lang]
+            for e in events:
+                from types import SimpleNamespace
+
+                assert judge_attributes(e["caption"], sample.lang, SimpleNamespace(extra=e))  # each caption states all
+                key = json.dumps(e["attributes"], sort_keys=True)
+                assert (key in seen_keys) != e["unseen_combination"]
+                if split == "test" and sample.lang == "en":
+                    test_events += 1
+                    held_out += e["unseen_combination"]
+                if split != "test":
+                    assert not e["unseen_combination"]
+    assert held_out == round(test_events / 2)
+    # the frames change with the event: the middle of each event shows its own background colour
+    sample = read_manifest(out / "train.jsonl")[0]
+    clip = read_frames(sample.video, strategy="fps", fps=8)
+    from vcap.recipes.synthetic import BACKGROUNDS
+
+    for e in sample.extra["events"]:
+        frame = clip.frames[int((e["start"] + e["end"]) / 2 * 8)]
+        assert np.abs(frame[0, 0].astype(int) - BACKGROUNDS[e["attributes"]["background"]]).max() < 40
+    assert main(["synth", "--out", str(tmp_path / "x"), "--events", "3-2"]) == 2
+    assert main(["synth", "--out", str(tmp_path / "x"), "--events", "3", "--seconds", "2-4"]) == 2
+    assert "cannot hold 3 events" in capsys.readouterr().err

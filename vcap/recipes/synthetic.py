@@ -10,6 +10,7 @@ language): ``{"video", "caption", "lang", "attributes"}``.
 split can hold combinations the model never saw. Everything is deterministic for a seed.
 
     vcap synth --out data/synthetic --n 200 --seed 0
+    vcap synth --out data/dense --events 2-3          # 6-12 s clips of 2-3 consecutive events, for dense captions
 """
 
 from __future__ import annotations
@@ -139,27 +140,72 @@ def judge_attributes(caption: str, lang: str, sample) -> bool | None:
 
 def render_frames(attrs: ClipAttributes, size: int = 96, num_frames: int = 24, seed: int = 0) -> np.ndarray:
     """The clip as uint8 frames (T, H, W, 3): shapes crossing the frame at constant speed."""
-    rng = np.random.default_rng(seed)
-    radius = (0.09 if attrs.size == "small" else 0.16) * size
+    scene = _Scene(attrs, size, np.random.default_rng(seed))
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    frames[:] = np.array(BACKGROUNDS[attrs.background], dtype=np.uint8)
-    colour = np.array(COLOURS[attrs.colour], dtype=np.uint8)
-    horizontal = attrs.direction in ("left_to_right", "right_to_left")
-    # lanes across the direction of motion, with a little jitter
-    lanes = (np.arange(attrs.count) + 0.5) / attrs.count * size
-    lanes = lanes + rng.uniform(-0.04, 0.04, attrs.count) * size
-    start, end = radius * 1.1, size - radius * 1.1
-    if attrs.direction in ("right_to_left", "bottom_to_top"):
-        start, end = end, start
-    offsets = rng.uniform(-0.05, 0.05, attrs.count) * size  # objects need not move in lockstep
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     for t in range(num_frames):
-        progress = start + (end - start) * t / max(num_frames - 1, 1)
-        for lane, offset in zip(lanes, offsets):
-            along = float(np.clip(progress + offset, radius, size - radius))
-            cx, cy = (along, lane) if horizontal else (lane, along)
-            frames[t][_shape_mask(attrs.shape, xx, yy, cx, cy, radius)] = colour
+        scene.draw(frames[t], t / max(num_frames - 1, 1))
     return frames
+
+
+class _Scene:
+    """One event's shapes: where they run (lanes across the motion, with a little jitter) and how
+    far along they are at a given fraction of the event."""
+
+    def __init__(self, attrs: ClipAttributes, size: int, rng: np.random.Generator) -> None:
+        self.attrs = attrs
+        self.radius = (0.09 if attrs.size == "small" else 0.16) * size
+        self.lanes = (np.arange(attrs.count) + 0.5) / attrs.count * size + rng.uniform(-0.04, 0.04, attrs.count) * size
+        self.start, self.end = self.radius * 1.1, size - self.radius * 1.1
+        if attrs.direction in ("right_to_left", "bottom_to_top"):
+            self.start, self.end = self.end, self.start
+        self.offsets = rng.uniform(-0.05, 0.05, attrs.count) * size  # objects need not move in lockstep
+        self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        self.size = size
+
+    def draw(self, frame: np.ndarray, fraction: float) -> None:
+        """Paint the background and the shapes ``fraction`` (0..1) of the way across."""
+        attrs, radius = self.attrs, self.radius
+        frame[:] = np.array(BACKGROUNDS[attrs.background], dtype=np.uint8)
+        colour = np.array(COLOURS[attrs.colour], dtype=np.uint8)
+        horizontal = attrs.direction in ("left_to_right", "right_to_left")
+        progress = self.start + (self.end - self.start) * fraction
+        for lane, offset in zip(self.lanes, self.offsets):
+            along = float(np.clip(progress + offset, radius, self.size - radius))
+            cx, cy = (along, lane) if horizontal else (lane, along)
+            frame[_shape_mask(attrs.shape, self.xx, self.yy, cx, cy, radius)] = colour
+
+
+@dataclass(frozen=True)
+class TimedEvent:
+    """One event of a multi-event clip: its attributes over [start, end) seconds."""
+
+    attrs: ClipAttributes
+    start: float
+    end: float
+
+
+def render_events(events: list[TimedEvent], size: int = 96, fps: int = 12, seed: int = 0) -> np.ndarray:
+    """A multi-event clip as uint8 frames (T, H, W, 3), frame t showing the time t / fps: during
+    each event its own shapes cross the frame over its own background, from its start to its end."""
+    rng = np.random.default_rng(seed)
+    scenes = [_Scene(e.attrs, size, rng) for e in events]
+    frames = np.empty((max(1, round(events[-1].end * fps)), size, size, 3), dtype=np.uint8)
+    for t in range(len(frames)):
+        now = t / fps
+        k = next((i for i, e in enumerate(events) if e.start <= now < e.end), len(events) - 1)
+        e = events[k]
+        scenes[k].draw(frames[t], min(1.0, max(0.0, (now - e.start) / (e.end - e.start))))
+    return frames
+
+
+def plan_events(rng: random.Random, count: int, duration: float, shortest: float = 1.5) -> list[tuple[float, float]]:
+    """``count`` consecutive [start, end) spans covering ``duration`` seconds, each at least
+    ``shortest`` long, with boundaries at random times (to the hundredth of a second)."""
+    while True:
+        cuts = sorted(round(rng.uniform(shortest, duration - shortest), 2) for _ in range(count - 1))
+        edges = [0.0, *cuts, round(duration, 2)]
+        if all(b - a >= shortest for a, b in zip(edges, edges[1:])):
+            return list(zip(edges, edges[1:]))
 
 
 def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
@@ -282,6 +328,74 @@ def make_dataset(
     return manifests
 
 
+def make_dense_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    n_train: int = 200,
+    n_val: int = 24,
+    n_test: int = 48,
+    seed: int = 0,
+    size: int = 96,
+    fps: int = 12,
+    events: tuple[int, int] = (2, 3),
+    seconds: tuple[float, float] = (6.0, 12.0),
+    unseen_share: float = 0.5,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Multi-event clips for dense captioning: each clip lasts ``seconds`` (uniform) and holds
+    ``events`` (uniform) consecutive events, each with its own shape, colour, count, direction,
+    size and background, the boundaries at random times (never on a frame-sampling grid). A split's
+    manifest has two lines per clip (en, ko): the events' text as ``caption`` (vcap.events' layout)
+    and the ``events`` with their ``attributes`` and ``unseen_combination``. Training and validation
+    events use the training combinations only; ``unseen_share`` of the test events use held-out ones.
+    Existing clips are kept."""
+    from ..errors import UsageError
+    from ..events import events_text
+    from ..outputs import check_output_file, read_jsonl, recognises, write_jsonl
+    from ..progress import progress_bar
+
+    low, high = events
+    if not 1 <= low <= high:
+        raise UsageError(f"events must be MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
+    if not 0 < seconds[0] <= seconds[1] or seconds[0] < 1.5 * high:
+        raise UsageError(f"clips of {seconds[0]:g}-{seconds[1]:g} s cannot hold {high} events of at least 1.5 s each")
+    out = Path(out_dir)
+    for split in ("train", "val", "test"):
+        check_output_file(out / f"{split}.jsonl", "synthetic manifest", "--out", is_ours=recognises(
+            lambda path: read_jsonl(path, lambda r: isinstance(r, dict) and "events" in r and "video" in r,
+                                    "video", "synthetic manifest")))
+    rng = random.Random(f"dense-{seed}")
+    seen_combos, unseen_combos = split_combinations(seed)
+    clips = {split: [rng.randint(low, high) for _ in range(n)] for split, n in (("train", n_train), ("val", n_val),
+                                                                              ("test", n_test))}
+    test_slots = sum(clips["test"])
+    held_out = set(rng.sample(range(test_slots), round(test_slots * unseen_share)))  # which test events are unseen
+    bar = progress_bar(n_train + n_val + n_test, "synthetic multi-event clips", "clip", enabled=progress)
+    manifests, slot = {}, 0
+    for split, counts in clips.items():
+        lines = []
+        for i, count in enumerate(counts):
+            spans = plan_events(rng, count, round(rng.uniform(*seconds), 2))
+            timed = []
+            for start, end in spans:
+                unseen = split == "test" and slot in held_out
+                slot += split == "test"
+                timed.append((TimedEvent(rng.choice(unseen_combos if unseen else seen_combos), start, end), unseen))
+            name = f"{split}/{split}_{i:05d}.mp4"
+            clip_seed = rng.randrange(2**31)
+            if not (out / name).exists():
+                write_mp4(render_events([e for e, _ in timed], size=size, fps=fps, seed=clip_seed), out / name, fps)
+            for lang in ("en", "ko"):
+                events_ = [{"start": e.start, "end": e.end, "caption": caption(e.attrs, lang),
+                            "attributes": asdict(e.attrs), "unseen_combination": unseen} for e, unseen in timed]
+                lines.append({"video": name, "caption": events_text(events_), "lang": lang, "events": events_,
+                              "duration": spans[-1][1]})
+            bar.update(1)
+        manifests[split] = write_jsonl(out / f"{split}.jsonl", lines)
+    bar.close()
+    return manifests
+
+
 # -- the `vcap synth` command ------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,12 +410,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=positive_int, default=96, help="frame width and height in pixels (default 96)")
     parser.add_argument("--frames", type=positive_int, default=24, help="frames per clip (default 24)")
     parser.add_argument("--fps", type=positive_int, default=12, help="frames per second (default 12)")
+    parser.add_argument("--events", type=_span(int), metavar="MIN-MAX",
+                        help="multi-event clips for dense captioning, with MIN to MAX consecutive events each (e.g. 2-3)")
+    parser.add_argument("--seconds", type=_span(float), default=(6.0, 12.0), metavar="MIN-MAX",
+                        help="with --events: clip length in seconds (default 6-12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _span(kind: type):
+    def parse(text: str):
+        low, sep, high = text.partition("-")
+        try:
+            values = (kind(low), kind(high if sep else low))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected MIN-MAX (e.g. 2-3), got {text!r}") from None
+        if not 0 < values[0] <= values[1]:
+            raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+        return values
+
+    return parse
+
+
 def run(args: argparse.Namespace) -> int:
-    manifests = make_dataset(args.out, n_train=args.n, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
-                             size=args.size, num_frames=args.frames, fps=args.fps, progress=not args.quiet)
+    if args.events:
+        manifests = make_dense_dataset(args.out, n_train=args.n, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
+                                       size=args.size, fps=args.fps, events=args.events, seconds=args.seconds,
+                                       progress=not args.quiet)
+    else:
+        manifests = make_dataset(args.out, n_train=args.n, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
+                                 size=args.size, num_frames=args.frames, fps=args.fps, progress=not args.quiet)
     for split, path in manifests.items():
         print(f"{split}: {path}")
     return 0
