@@ -42,6 +42,21 @@ def config_from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "")
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
+def identity_dict(config: Any) -> dict[str, Any]:
+    """A captioner config as identities hash it (``vcap caption``'s model id, the feature store's
+    key): ``config_to_dict`` without the settings added after captioners were first saved, where
+    they hold their defaults, so that an upgrade leaves earlier outputs and stored features valid."""
+    from .config import DEFAULT_DENSE_INSTRUCTIONS
+
+    data = config_to_dict(config)
+    for key, default in (("timestamps", "none"), ("min_frames", None), ("token_budget", None)):
+        if data["frames"].get(key, default) == default:
+            data["frames"].pop(key, None)
+    if data.get("dense_instructions", DEFAULT_DENSE_INSTRUCTIONS) == DEFAULT_DENSE_INSTRUCTIONS:
+        data.pop("dense_instructions", None)
+    return data
+
+
 def config_to_dict(config: Any) -> Any:
     if dataclasses.is_dataclass(config):
         return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}

@@ -75,27 +75,34 @@ def read_manifest(path: str | os.PathLike, instructions: dict[str, str] | None =
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
-    base = path.parent
-    samples: list[Sample] = []
-    problems: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append((number, f"not valid JSON ({e.msg})"))
-                continue
-            try:
-                samples.append(parse_sample(record, base, instructions, dense_instructions))
-            except ValueError as e:
-                problems.append((number, str(e)))
+    lines = manifest_lines(path, instructions, dense_instructions)
+    problems = [(number, reason) for number, _, _, reason in lines if reason is not None]
     if problems:
         raise ManifestError(path, problems)
-    if not samples:
+    if not lines:
         raise ManifestError(path, [(0, "no samples")])
-    return samples
+    return [sample for _, _, sample, _ in lines]
+
+
+def manifest_lines(path: Path, instructions: dict[str, str] | None = None,
+                   dense_instructions: dict[str, str] | None = None) -> list[tuple[int, Any, Sample | None, str | None]]:
+    """Every non-empty line, parsed and validated on its own: (line number, its JSON or None, the
+    sample or None, what is wrong or None). A bad line does not hide the rest."""
+    lines = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                lines.append((number, None, None, f"not valid JSON ({e.msg})"))
+                continue
+            try:
+                lines.append((number, record, parse_sample(record, path.parent, instructions, dense_instructions), None))
+            except ValueError as e:
+                lines.append((number, record, None, str(e)))
+    return lines
 
 
 def parse_sample(record: Any, base: Path, instructions: dict[str, str] | None = None,
@@ -152,11 +159,9 @@ def _conversation_turns(conversations: Any) -> list[tuple[str, str]]:
     return turns
 
 
-def chat_messages(sample: Sample, video: VideoLayout | int | None, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """The sample as a chat; ``video`` is where the video goes in the first turn (a VideoLayout, or
-    a number of tokens in one block); None or 0 leaves it out (text-only training)."""
-    if isinstance(video, int):
-        video = VideoLayout(video) if video > 0 else None
+def chat_messages(sample: Sample, video: VideoLayout | None, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The sample as a chat; ``video`` is where the video goes in the first turn (None leaves it
+    out: text-only training)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for i, (question, answer) in enumerate(sample.turns):
         if i == 0 and video is not None:
@@ -167,7 +172,7 @@ def chat_messages(sample: Sample, video: VideoLayout | int | None, system_prompt
     return messages
 
 
-def tokenize_sample(tokenizer, sample: Sample, video: VideoLayout | int | None,
+def tokenize_sample(tokenizer, sample: Sample, video: VideoLayout | None,
                     system_prompt: str | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels): labels[i] is the token to predict after position i, or IGNORE_INDEX."""
     ids, mask = tokenize(tokenizer, chat_messages(sample, video, system_prompt))

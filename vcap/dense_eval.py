@@ -63,11 +63,12 @@ def dense_scores(clips: Sequence[dict[str, Any]], judge: EventJudge | None = Non
     ``caption_score(refs, hyps)`` -> CIDEr-D over {key: [ref]} / {key: hyp} (None: not computed)."""
     out: dict[str, Any] = {"clips": len(clips), "predicted_events": sum(len(c["predicted"]) for c in clips),
                            "reference_events": sum(len(c["reference"]) for c in clips)}
+    matches = {t: [match_events(c["predicted"], c["reference"], t) for c in clips] for t in THRESHOLDS}  # once each
     cider = []
     for threshold in THRESHOLDS:
         refs, hyps, n = {}, {}, 0
         for k, clip in enumerate(clips):
-            for i, j, _ in match_events(clip["predicted"], clip["reference"], threshold):
+            for i, j, _ in matches[threshold][k]:
                 refs[(k, j)] = [clip["reference"][j]["caption"]]
                 hyps[(k, j)] = clip["predicted"][i]["caption"]
                 n += 1
@@ -77,12 +78,12 @@ def dense_scores(clips: Sequence[dict[str, Any]], judge: EventJudge | None = Non
             cider.append(caption_score(refs, hyps) if hyps else 0.0)
     if caption_score is not None:
         out["CIDEr-D"] = sum(cider) / len(cider)
-    loose = [iou for clip in clips for _, _, iou in match_events(clip["predicted"], clip["reference"], THRESHOLDS[0])]
+    loose = [iou for pairs in matches[THRESHOLDS[0]] for _, _, iou in pairs]
     out["mean_tiou"] = sum(loose) / len(loose) if loose else 0.0
     if judge is not None:
         verdicts, unseen = [], []
-        for clip in clips:
-            for i, j, _ in match_events(clip["predicted"], clip["reference"], JUDGED_AT):
+        for clip, pairs in zip(clips, matches[JUDGED_AT]):
+            for i, j, _ in pairs:
                 event = clip["reference"][j]
                 verdict = judge(clip["predicted"][i]["caption"], clip["lang"], event)
                 if verdict is not None:

@@ -44,20 +44,6 @@ class FeatureCache:
         except OSError:
             return None
 
-    def frames(self, video: Path) -> int | None:
-        """How many frames the stored features have (read from the header, not the data); None
-        when nothing usable is stored."""
-        from safetensors import safe_open
-
-        path = self.path(video)
-        if path is None or not path.exists():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return int(f.get_slice("features").get_shape()[0])
-        except Exception:  # a damaged cache file is recomputed, not trusted
-            return None
-
     def timestamps(self, video: Path) -> list[float] | None:
         """The stored frames' times in seconds (from the header); None when nothing usable is
         stored. Files written before times were stored give None too, and are extracted again."""
@@ -104,14 +90,12 @@ class FeatureCache:
 
 def encoder_fingerprint(captioner) -> str:
     """Identity of the frozen encoder and frame sampling (part of every cache key)."""
-    from .config_io import config_to_dict
+    from .config_io import config_to_dict, identity_dict
 
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
-    # timestamps only changes the prompt; settings added later are left out at their defaults, so
-    # that features stored before they existed stay valid
-    sampling = {k: v for k, v in config_to_dict(captioner.config.frames).items()
-                if k != "timestamps" and not (k in ("min_frames", "token_budget") and v is None)}
+    sampling = identity_dict(captioner.config)["frames"]  # as stored before newer settings existed
+    sampling.pop("timestamps", None)  # it changes the prompt only, not the features
     digest.update(json.dumps(sampling, sort_keys=True).encode())
     for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
         digest.update(name.encode())

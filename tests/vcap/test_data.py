@@ -53,10 +53,11 @@ def test_manifest_errors_name_every_bad_line(tmp_path):
 def test_loss_covers_only_the_answer(data):
     from ..tiny import tiny_captioner
     from vcap.data import tokenize_sample
+    from vcap.processor import VideoLayout
 
     captioner = tiny_captioner()
     sample = read_manifest(data["train"])[1]
-    ids, labels = tokenize_sample(captioner.tokenizer, sample, 12)
+    ids, labels = tokenize_sample(captioner.tokenizer, sample, VideoLayout(12))
     targets = [t for t in labels if t != IGNORE_INDEX]
     im_end = captioner.tokenizer.token_to_id("<|im_end|>")
     assert targets == captioner.tokenizer.encode(sample.caption) + [im_end]

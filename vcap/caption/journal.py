@@ -59,17 +59,9 @@ def model_id(captioner, name: str | os.PathLike = "captioner") -> str:
     """``name@hash``: the hash covers every file the captioner was built from (path, size and
     modification time, wherever the file lives) and its config, so a changed weight file anywhere
     means new captions."""
-    from ..config import DEFAULT_DENSE_INSTRUCTIONS
-    from ..config_io import config_to_dict
+    from ..config_io import identity_dict
 
-    config = config_to_dict(captioner.config)
-    # settings added later, at their defaults, leave the id of an existing captioner unchanged
-    for key, default in (("timestamps", "none"), ("min_frames", None), ("token_budget", None)):
-        if config["frames"].get(key, default) == default:
-            config["frames"].pop(key, None)
-    if config.get("dense_instructions") == DEFAULT_DENSE_INSTRUCTIONS:
-        del config["dense_instructions"]
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(identity_dict(captioner.config), sort_keys=True).encode())
     for path in sorted(captioner.sources):
         stat = path.stat()
         digest.update(os.fsencode(str(path)) + f"|{stat.st_size}|{stat.st_mtime_ns}".encode())

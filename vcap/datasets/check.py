@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..data import Sample, parse_sample
+from ..data import Sample, manifest_lines
 from ..errors import UsageError
 from ..events import check_events
 from ..outputs import check_output_file, json_line, read_jsonl, recognises, write_jsonl
@@ -176,21 +176,8 @@ def probe_all(videos: list[Path], options: CheckOptions) -> dict[Path, dict[str,
 
 def read_lines(manifest: Path) -> list[Line]:
     """Every non-empty line, parsed and validated on its own (a bad line does not hide the rest)."""
-    lines = []
-    with open(manifest, encoding="utf-8", errors="surrogateescape") as f:
-        for number, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                lines.append(Line(number, None, None, f"not valid JSON ({e.msg})"))
-                continue
-            try:
-                lines.append(Line(number, record, parse_sample(record, manifest.parent)))
-            except ValueError as e:
-                lines.append(Line(number, record if isinstance(record, dict) else None, None, str(e)))
-    return lines
+    return [Line(number, record if isinstance(record, dict) else None, sample, reason)
+            for number, record, sample, reason in manifest_lines(manifest)]
 
 
 def judge(line: Line, probes: dict[Path, dict[str, Any]]) -> str | None:

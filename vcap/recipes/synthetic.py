@@ -268,6 +268,19 @@ def split_combinations(seed: int = 0, train_share: float = 0.75) -> tuple[list[C
     return combos[:cut], combos[cut:]
 
 
+def _check_manifests(out: Path, key: str) -> None:
+    """Before any clip is written: a split manifest already in ``out`` must be one this module wrote
+    (each line with ``video`` and ``key``), never a file of the user's."""
+    from ..outputs import check_output_file, read_jsonl, recognises
+
+    def is_ours(r) -> bool:
+        return isinstance(r, dict) and key in r and "video" in r
+
+    for split in ("train", "val", "test"):
+        check_output_file(out / f"{split}.jsonl", "synthetic manifest", "--out",
+                          is_ours=recognises(lambda path: read_jsonl(path, is_ours, "video", "synthetic manifest")))
+
+
 def make_dataset(
     out_dir: str | os.PathLike,
     *,
@@ -287,14 +300,11 @@ def make_dataset(
     combinations training never shows, the rest are new clips of seen combinations. Existing
     clips are kept (a rerun only writes what is missing).
     """
-    from ..outputs import check_output_file, read_jsonl, recognises, write_jsonl
+    from ..outputs import write_jsonl
     from ..progress import progress_bar
 
     out = Path(out_dir)
-    for split in ("train", "val", "test"):  # a manifest already there must be one this writes
-        check_output_file(out / f"{split}.jsonl", "synthetic manifest", "--out", is_ours=recognises(
-            lambda path: read_jsonl(path, lambda r: isinstance(r, dict) and "attributes" in r and "video" in r,
-                                    "video", "synthetic manifest")))
+    _check_manifests(out, "attributes")
     rng = random.Random(seed)
     seen_combos, unseen_combos = split_combinations(seed)
     unseen = set(unseen_combos)
@@ -351,7 +361,7 @@ def make_dense_dataset(
     Existing clips are kept."""
     from ..errors import UsageError
     from ..events import events_text
-    from ..outputs import check_output_file, read_jsonl, recognises, write_jsonl
+    from ..outputs import write_jsonl
     from ..progress import progress_bar
 
     low, high = events
@@ -360,10 +370,7 @@ def make_dense_dataset(
     if not 0 < seconds[0] <= seconds[1] or seconds[0] < 1.5 * high:
         raise UsageError(f"clips of {seconds[0]:g}-{seconds[1]:g} s cannot hold {high} events of at least 1.5 s each")
     out = Path(out_dir)
-    for split in ("train", "val", "test"):
-        check_output_file(out / f"{split}.jsonl", "synthetic manifest", "--out", is_ours=recognises(
-            lambda path: read_jsonl(path, lambda r: isinstance(r, dict) and "events" in r and "video" in r,
-                                    "video", "synthetic manifest")))
+    _check_manifests(out, "events")
     rng = random.Random(f"dense-{seed}")
     seen_combos, unseen_combos = split_combinations(seed)
     clips = {split: [rng.randint(low, high) for _ in range(n)] for split, n in (("train", n_train), ("val", n_val),
