@@ -119,20 +119,27 @@ STAGES = ("projector", "lora", "full")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def manifest_paths(value: str | list[str] | None) -> list[str]:
+    """``data.train`` or ``data.val`` as a list of manifests (none for None)."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
 @dataclass
 class DataConfig:
     """Manifests (JSONL) and the vision feature cache. Relative paths resolve from the working folder."""
 
-    train: str = ""
-    val: str | None = None
+    train: str | list[str] = ""  # a manifest, or a list of manifests trained on together (mixed tasks)
+    val: str | list[str] | None = None
     feature_cache: str | None = "runs/feature_cache"  # None: a cache inside the run folder, for this run only
     feature_dtype: str = "bfloat16"  # how stored features are kept: bfloat16 | float16 | float32
     max_samples: int | None = None  # use only the first N training samples
     text_only: bool = False  # train on the captions' text without videos (pretraining the language model)
 
     def __post_init__(self) -> None:
-        if not self.train:
-            raise ConfigError("data.train must name a manifest (JSONL)")
+        if not self.train or not all(manifest_paths(self.train)):
+            raise ConfigError("data.train must name a manifest (JSONL) or a list of them")
+        if self.val is not None and not all(manifest_paths(self.val)):
+            raise ConfigError("data.val must name a manifest (JSONL), a list of them, or null")
         if self.feature_dtype not in ("bfloat16", "float16", "float32"):
             raise ConfigError(f"data.feature_dtype must be bfloat16, float16 or float32, got {self.feature_dtype!r}")
         if self.max_samples is not None and self.max_samples < 1:

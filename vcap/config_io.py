@@ -179,6 +179,9 @@ def absolute_paths(cfg: RunConfig, base: str | os.PathLike | None = None) -> Run
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else (root / path).resolve())
 
+    def absolute_each(value: str | list[str] | None) -> str | list[str] | None:
+        return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+
     model, data, train = cfg.model, cfg.data, cfg.train
     lm = model.language_model
     if not lm.startswith("preset:") and (Path(lm).is_absolute() or (root / lm).exists()):
@@ -191,7 +194,7 @@ def absolute_paths(cfg: RunConfig, base: str | os.PathLike | None = None) -> Run
         model=dataclasses.replace(model, language_model=lm, vision=dataclasses.replace(model.vision, pretrained=pretrained),
                                   vision_weights=absolute(model.vision_weights), tokenizer=absolute(model.tokenizer),
                                   adapter=absolute(model.adapter)),
-        data=dataclasses.replace(data, train=absolute(data.train), val=absolute(data.val),
+        data=dataclasses.replace(data, train=absolute_each(data.train), val=absolute_each(data.val),
                                  feature_cache=absolute(data.feature_cache)),
         train=dataclasses.replace(train, out_dir=absolute(train.out_dir), init_from=absolute(train.init_from)),
     )

@@ -33,7 +33,7 @@ import torch
 
 from qwen3_backbone.chat import tokenize, video_message
 
-from .config import LANGS, RunConfig
+from .config import LANGS, RunConfig, manifest_paths
 from .errors import UsageError
 from .events import check_events
 from .features import FeatureCache, encoder_fingerprint, extract_features
@@ -235,10 +235,10 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, wor
     ``world`` processes extracts its share on ``device``, then all wait at ``barrier``; unreadable
     videos are skipped and logged), samples tokenized."""
     prompts = captioner.config.instructions, captioner.config.dense_instructions
-    train_samples = read_manifest(cfg.data.train, *prompts)
+    train_samples = [s for path in manifest_paths(cfg.data.train) for s in read_manifest(path, *prompts)]
     if cfg.data.max_samples:
         train_samples = train_samples[: cfg.data.max_samples]
-    val_samples = read_manifest(cfg.data.val, *prompts) if cfg.data.val else []
+    val_samples = [s for path in manifest_paths(cfg.data.val) for s in read_manifest(path, *prompts)]
     cache = None
     if not cfg.data.text_only:
         folder = cfg.data.feature_cache or Path(cfg.train.out_dir) / "feature_cache"  # None: this run's own
@@ -254,7 +254,7 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, wor
     log.info("%straining samples: %d (%d skipped: their video could not be read); validation samples: %d",
              "text-only " if cache is None else "", len(train_set), skipped, len(val_set) if val_set else 0)
     if len(train_set) == 0:
-        raise UsageError(f"{cfg.data.train}: no readable training samples (see {cfg.train.out_dir}/train.log)")
+        raise UsageError(f"{', '.join(manifest_paths(cfg.data.train))}: no readable training samples (see {cfg.train.out_dir}/train.log)")
     return train_set, val_set
 
 

@@ -319,3 +319,32 @@ def test_overrides_and_options_in_any_order_and_lr_is_train_lr(data, tmp_path):
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert all(m["lr"] == pytest.approx(0.004) and m["projector_lr"] == pytest.approx(0.001)
                for m in metrics if "loss" in m)
+
+
+def test_a_list_of_manifests_is_trained_on_together(tmp_path, data):
+    """data.train (and data.val) may list manifests, each read with its own folder as the base of
+    its video paths: a run mixes datasets (e.g. single captions and dense captions)."""
+    from vcap.config_io import absolute_paths
+    from vcap.data import build_datasets
+    from vcap.stages import build_for_training
+
+    other = tmp_path / "elsewhere" / "train.jsonl"
+    other.parent.mkdir()
+    rows = [json.loads(line) for line in Path(data["train"]).read_text(encoding="utf-8").splitlines()]
+    for row in rows:  # the same clips, named relative to the second manifest's folder
+        row["video"] = os.path.relpath(Path(data["train"]).parent / row["video"], other.parent)
+        row["caption"] = "elsewhere: " + row["caption"]
+    other.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg = run_cfg(data, tmp_path / "run", stage="lora")
+    cfg.data.train = [str(data["train"]), os.path.relpath(other)]
+    cfg.data.val = [str(data["val"])]
+    assert absolute_paths(cfg).data.train == [str(data["train"]), str(other.resolve())]
+    train_set, val_set = build_datasets(absolute_paths(cfg), build_for_training(cfg), progress=False)
+    captions = [s.caption for s in train_set.samples]
+    assert len(captions) == 2 * len(rows) and sum(c.startswith("elsewhere: ") for c in captions) == len(rows)
+    assert all(s.video.exists() for s in train_set.samples) and len(val_set) == len(read_manifest(data["val"]))
+    path = write_yaml(tmp_path / "run.yaml", tiny_run(data, tmp_path / "run"))
+    from vcap.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.train"):
+        load_config(path, ["data.train=[a.jsonl, '']"])
