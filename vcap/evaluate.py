@@ -278,11 +278,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _judge(name: str, manifest: str) -> Judge | None:
     """``--judge``: a judge by name; ``auto`` picks the synthetic clips' judge when the manifest's
-    samples carry ``attributes``."""
+    samples (or their events) carry ``attributes``."""
     from .data import read_manifest
 
     if name == "auto":
-        has_attributes = any("attributes" in s.extra for s in read_manifest(manifest))
+        has_attributes = any("attributes" in s.extra or any("attributes" in e for e in s.extra.get("events", ()))
+                             for s in read_manifest(manifest))
         name = "synthetic-attributes" if has_attributes else "none"
     return None if name == "none" else load_judge(name)
 

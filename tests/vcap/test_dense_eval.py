@@ -100,7 +100,9 @@ def test_vcap_eval_on_a_manifest_with_events(tmp_path, data, capsys):
 
     save_captioner(tiny_captioner(), tmp_path / "captioner")
     video = read_manifest(data["test"])[0].video
-    events = [ev(0.0, 1.0, "A red circle moves."), ev(1.0, 2.0, "It stops.")]
+    red = {"shape": "circle", "colour": "red", "count": 1, "direction": "left_to_right", "size": "large",
+           "background": "black"}
+    events = [ev(0.0, 1.0, "A red circle moves.", attributes=red), ev(1.0, 2.0, "It stops.", attributes=red)]
     manifest = tmp_path / "events.jsonl"
     manifest.write_text(json.dumps({"video": str(video), "lang": "en", "caption": events_text(events),
                                     "events": events}) + "\n", encoding="utf-8")
@@ -109,6 +111,10 @@ def test_vcap_eval_on_a_manifest_with_events(tmp_path, data, capsys):
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["en"]["dense"]["reference_events"] == 2  # a random model's text: scored, not a crash
+    from vcap.evaluate import _judge
+    from vcap.recipes.synthetic import judge_attributes
+
+    assert _judge("auto", str(manifest)) is judge_attributes  # events with attributes: judged by default
     assert "dense captions" in capsys.readouterr().out
     row = json.loads((tmp_path / "events.eval.jsonl").read_text().splitlines()[0])
     assert row["reference_events"] == events and isinstance(row["unreadable_lines"], list)
