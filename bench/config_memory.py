@@ -46,6 +46,7 @@ import vcap  # noqa: E402,F401  (torchvision on a CPU torch, for peft)
 from qwen3_backbone import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 from qwen3_backbone.weights import release_freed_memory  # noqa: E402
 from vcap.config_io import load_config  # noqa: E402
+from vcap.loss import linear_cross_entropy  # noqa: E402
 
 GB = 1024**3
 TIME_LABEL_TOKENS = 10  # per frame group with frames.timestamps: text ('<599.5 seconds>' is 8 tokens, + 2 controls)
@@ -92,9 +93,8 @@ def forward_loss(model: Qwen3ForCausalLM, tokens: int, targets: int, params: dic
         params[p.untyped_storage().data_ptr()] = True
     embeds = torch.randn(1, tokens, model.config.hidden_size, dtype=torch.bfloat16, requires_grad=True)
     hidden = model.model(inputs_embeds=embeds)
-    logits = model.lm_head(hidden[:, -targets:].reshape(targets, -1))
     labels = torch.randint(0, model.config.vocab_size, (targets,))
-    return torch.nn.functional.cross_entropy(logits.float(), labels)
+    return linear_cross_entropy(hidden[:, -targets:].reshape(targets, -1), model.lm_head.weight, labels)
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qwen3_backbone import Qwen3ForCausalLM
@@ -39,6 +38,7 @@ from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
 from .config import CaptionerConfig
 from .events import parse_events
 from .generation import GenerationOptions
+from .loss import linear_cross_entropy
 from .processor import VideoInput, VideoLayout, VideoProcessor, frames_within
 from .video import Frames
 from .vision import VisionEncoder
@@ -272,5 +272,5 @@ class VideoCaptioner(nn.Module):
             embeds = self.splice(input_ids, videos)
         hidden = self.backbone.model(inputs_embeds=embeds, attention_mask=attention_mask)  # (B, S, D)
         target = labels != -100  # (B, S)
-        logits = self.backbone.lm_head(hidden[target])  # (M, V): only where there is a target
-        return F.cross_entropy(logits.float(), labels[target])
+        # (M, D) -> mean -log p over the M targets; the (M, V) logits only ever a chunk at a time
+        return linear_cross_entropy(hidden[target], self.backbone.lm_head.weight, labels[target])

@@ -1,0 +1,80 @@
+"""The training loss: cross-entropy of the language model's head over the target tokens, computed a
+chunk of tokens at a time so that no vocabulary-sized tensor outlives its chunk.
+
+The head's logits over Qwen3's 151,936-token vocabulary are the largest tensors of a training
+step: autograd would keep (targets x vocabulary) float32 logits, their log-softmax and, in the
+backward pass, a gradient of the same size (4 samples x 300 targets: 0.7 GB, three times over).
+Here the forward pass scores one chunk of target tokens at a time and, when gradients are wanted,
+also computes that chunk's gradient with respect to the hidden states (and the head's weight, when
+it trains: the full stage, where it is tied to the embeddings), since d loss / d logits is just
+softmax - one-hot. Backward then only scales what forward stored. This is Liger-Kernel's "fused
+linear cross-entropy" written in plain torch; under autocast the chunk's matmuls run in bfloat16
+while the softmax stays float32.
+
+The loss and gradients equal ``F.cross_entropy(hidden @ weight.T, targets)`` (tests/vcap/test_loss.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_TOKENS = 256  # target tokens scored at once: 256 x 151,936 float32 logits = 156 MB
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``.
+
+    hidden (M, H): the hidden states at the target positions; weight (V, H): the head's weight;
+    targets (M,): the token ids to predict."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        total = _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+    else:
+        total = _score(hidden, weight, targets, chunk, want_hidden=False, want_weight=False)[0]
+    return total / max(len(targets), 1)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):  # grad mode is off in here
+        total, grad_hidden, grad_weight = _score(hidden, weight, targets, chunk, want_hidden=ctx.needs_input_grad[0],
+                                                 want_weight=ctx.needs_input_grad[1])
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+                None if grad_weight is None else grad_weight * grad_total.to(grad_weight.dtype), None, None)
+
+
+def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, *, want_hidden: bool,
+           want_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(sum of -log p(target), d sum / d hidden or None, d sum / d weight or None), chunk by chunk."""
+    exact = torch.promote_types(hidden.dtype, torch.float32)  # the softmax's dtype: float32 (float64 stays)
+    total = torch.zeros((), dtype=exact, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if want_weight else None
+    device = hidden.device.type
+    matmul_dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                    else torch.promote_types(hidden.dtype, weight.dtype))
+    w = weight.to(matmul_dtype)  # cast once, not per chunk
+    for start in range(0, len(targets), chunk):
+        h, y = hidden[start:start + chunk].to(matmul_dtype), targets[start:start + chunk]
+        logits = (h @ w.T).to(exact)  # (c, V); a bfloat16 matmul under autocast
+        log_probs = torch.log_softmax(logits, dim=-1)  # row by row: each row's pass stays in cache
+        del logits
+        total -= log_probs.gather(1, y[:, None]).sum()
+        if not (want_hidden or want_weight):
+            continue
+        grad_logits = log_probs.exp_()  # the softmax, in place
+        grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # d loss / d logits = softmax - one-hot
+        grad_logits = grad_logits.to(matmul_dtype)
+        if grad_hidden is not None:
+            grad_hidden[start:start + chunk] = grad_logits @ w  # (c, H)
+        if grad_weight is not None:
+            grad_weight += grad_logits.T @ h  # (V, H)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    return total, grad_hidden, grad_weight
