@@ -20,6 +20,7 @@ Frame i of a video is at time i / fps. Sampling strategies, within an optional w
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
 STRATEGIES = ("uniform", "fps")
@@ -156,7 +159,14 @@ def _read(path: Path, sampler, size, backend: str, start: float, end: float | No
                 if backend == "decord":
                     raise VideoReadError(path, _explain_open_failure(path, e.reason)) from None
             else:
-                return reader.read(sampler, (start, end))
+                try:
+                    return reader.read(sampler, (start, end))
+                except VideoReadError:
+                    if backend == "decord":
+                        raise
+                    # decord fails on some streams that decode fine (e.g. 48x48 frames: "size must
+                    # exactly match"); PyAV decides whether the file is really unreadable
+                    log.info("decord could not decode %s; reading it with PyAV", path)
     return _PyAVReader(path, size).read(sampler, (start, end))
 
 

@@ -42,6 +42,20 @@ def test_decord_and_pyav_return_the_same_frames(name):
     assert np.abs(other.frames[0].astype(np.int16) - a.frames[0].astype(np.int16)).mean() > 0.5
 
 
+def test_a_clip_decord_cannot_decode_is_read_with_pyav(tmp_path, caplog):
+    """decord fails on 48x48 frames ("size must exactly match"); with backend auto the clip is
+    still read (by PyAV), not reported unreadable; backend decord keeps decord's error."""
+    attrs = ClipAttributes("circle", "red", 1, "left_to_right", "small", "black")
+    path = write_mp4(render_frames(attrs, size=48, num_frames=16), tmp_path / "small.mp4", fps=8)
+    with pytest.raises(VideoReadError, match="size must exactly match"):
+        read_frames(path, num_frames=4, backend="decord")
+    with caplog.at_level("INFO", logger="vcap.video"):
+        clip = read_frames(path, num_frames=4)
+    assert clip.backend == "pyav" and clip.frames.shape == (4, 48, 48, 3)
+    assert np.array_equal(clip.frames, read_frames(path, num_frames=4, backend="pyav").frames)
+    assert "reading it with PyAV" in caplog.text
+
+
 def test_uniform_sampling_takes_segment_centres():
     info = VideoInfo(num_frames=100, fps=25.0, width=8, height=8)
     assert sample_indices(info, 4) == [12, 37, 62, 87]
