@@ -198,7 +198,11 @@ def render_events(events: list[TimedEvent], size: int = 96, fps: int = 12, seed:
     return frames
 
 
-def plan_events(rng: random.Random, count: int, duration: float, shortest: float = 1.5) -> list[tuple[float, float]]:
+SHORTEST_EVENT = 1.5  # seconds: the shortest event of a multi-event clip
+
+
+def plan_events(rng: random.Random, count: int, duration: float,
+                shortest: float = SHORTEST_EVENT) -> list[tuple[float, float]]:
     """``count`` consecutive [start, end) spans covering ``duration`` seconds, each at least
     ``shortest`` long, with boundaries at random times (to the hundredth of a second)."""
     while True:
@@ -367,8 +371,9 @@ def make_dense_dataset(
     low, high = events
     if not 1 <= low <= high:
         raise UsageError(f"events must be MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
-    if not 0 < seconds[0] <= seconds[1] or seconds[0] < 1.5 * high:
-        raise UsageError(f"clips of {seconds[0]:g}-{seconds[1]:g} s cannot hold {high} events of at least 1.5 s each")
+    if not 0 < seconds[0] <= seconds[1] or seconds[0] < SHORTEST_EVENT * high:
+        raise UsageError(f"clips of {seconds[0]:g}-{seconds[1]:g} s cannot hold {high} events of at least "
+                         f"{SHORTEST_EVENT:g} s each")
     out = Path(out_dir)
     _check_manifests(out, "events")
     rng = random.Random(f"dense-{seed}")
