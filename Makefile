@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-gpu quickstart screenshots chromium clean
+.PHONY: install test test-gpu quickstart quickstart-dense screenshots chromium clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test-gpu: install
 
 quickstart: install
 	$(BIN)/vcap quickstart
+
+# the quickstart with the dense-caption task too (runs/quickstart-dense; see the README: it misses its targets)
+quickstart-dense: install
+	$(BIN)/vcap quickstart --dense
 
 # The README's pictures of the demo, taken in headless Chromium from the quickstart's captioner;
 # a picture whose caption is not the clip's reference caption is not written (exit 1).
