@@ -21,6 +21,20 @@ def test_stage_configs_chain_under_the_output_folder(tmp_path):
     assert projector.model == lora.model  # the same encoder, projector type and frames in both stages
 
 
+def test_no_stage_depends_on_the_working_folder(tmp_path, monkeypatch):
+    """A rerun from another folder must find its finished stages unchanged, not start them over."""
+    from vcap.config_io import absolute_paths
+    from vcap.train import dump_config
+
+    def saved(cwd: Path) -> list[str]:
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        return [dump_config(absolute_paths(stage_config(configs_dir() / name, tmp_path / "qs")))
+                for name in (*STAGES, DENSE_STAGE)]
+
+    assert saved(tmp_path / "here") == saved(tmp_path / "there")
+
+
 def test_the_dense_stage_starts_from_stage_2_on_the_multi_event_clips(tmp_path):
     lora, dense = (stage_config(configs_dir() / name, tmp_path) for name in (STAGES[-1], DENSE_STAGE))
     assert dense.train.stage == "lora" and dense.train.init_from == lora.train.out_dir
