@@ -90,7 +90,7 @@ def pretrain_tower(stage_cfgs: list, train_manifest: Path, say=print, progress: 
     return True
 
 
-def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None, target: float = 0.9,
+def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None, target: float = 0.9, *,
                progress: bool = True, dense: bool = False, timestamps: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run every step; returns ({"single": its evaluation report, and with ``dense`` "dense": the
     dense task's}, whether every target is met)."""
@@ -154,7 +154,8 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
         rows = [json.loads(line) for line in (out / rows_file).read_text(encoding="utf-8").splitlines()]
         ok = [r for r in rows if r["status"] == "ok"]
         for row in ok[:2] + ok[-2:]:  # a dense caption's lines stay aligned under its first
-            caption, reference = row["caption"].replace("\n", "\n" + " " * 7), row["references"][0].replace("\n", "\n" + " " * 18)
+            caption = row["caption"].replace("\n", "\n" + " " * 7)
+            reference = row["references"][0].replace("\n", "\n" + " " * 18)
             print(f"  [{row['lang']}] {caption}\n       reference: {reference}")
         task_met, wanted = _targets_met(report, task, target)
         say(f"{wanted} target {target:.0%} in both languages (incl. unseen combinations): "
