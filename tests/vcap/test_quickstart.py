@@ -100,7 +100,7 @@ def test_a_new_tower_starts_the_stages_that_read_its_features_over(tmp_path, mon
 
 def _fake_run(tmp_path, monkeypatch) -> tuple[list, list]:
     """The quickstart with its data, training, export and evaluation replaced by fakes that record
-    what they were asked: (trained stage configs, export keyword arguments)."""
+    what they were asked: (trained stage configs, (run, output folder name, keyword arguments) of each export)."""
     import vcap.evaluate
     import vcap.export
     import vcap.builder
