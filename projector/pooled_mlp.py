@@ -7,6 +7,9 @@ concatenating their features (``"concat"``), which keeps their order: each outpu
 sees how its patch changes over those frames. The P tokens of a frame must form a
 square grid (use the vision encoder without its class token). Frames are padded by repeating the
 last one when T is not a multiple of ``temporal_stride``; the spatial grid likewise by its edge.
+With ``frame_difference``, each output token also reads how it differs from the same token of the
+previous temporal group (zero for the first group): the MLP sees [x_t, x_t - x_(t-1)], so a
+scene change shows in the tokens of the group where it happens, not only across groups.
 
 Notation: B videos, T frames, P = g*g tokens per frame, Dv vision width, D language-model width.
 """
@@ -32,11 +35,14 @@ class PooledMLPProjectorConfig:
     temporal_stride: int = 1
     temporal_merge: str = "mean"  # mean | concat
     depth: int = 2
+    frame_difference: str = "none"  # none | previous | both: the MLP also reads the change from the previous (and to the next) group
 
     def __post_init__(self) -> None:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
         if self.temporal_merge not in ("mean", "concat"):
             raise ValueError(f"temporal_merge must be 'mean' or 'concat', got {self.temporal_merge!r}")
+        if self.frame_difference not in ("none", "previous", "both"):
+            raise ValueError(f"frame_difference must be 'none', 'previous' or 'both', got {self.frame_difference!r}")
 
 
 class PooledMLPProjector(nn.Module):
@@ -44,6 +50,7 @@ class PooledMLPProjector(nn.Module):
         super().__init__()
         self.config = config
         width = config.vision_hidden_size * (config.temporal_stride if config.temporal_merge == "concat" else 1)
+        width *= {"none": 1, "previous": 2, "both": 3}[config.frame_difference]
         self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:
@@ -75,8 +82,15 @@ class PooledMLPProjector(nn.Module):
             x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, Dv, T+pad, g', g')
             Tp, gp = x.shape[2], x.shape[3]
             x = x.reshape(B, Dv, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, Dv)
-            x = x.reshape(B, (Tp // ts) * gp * gp, ts * Dv)  # (B, T'*g'*g', ts*Dv), frames in order
+            x = x.reshape(B, Tp // ts, gp * gp, ts * Dv)  # (B, T', g'*g', ts*Dv), frames in order
         else:
             x = F.avg_pool3d(x, kernel_size=(ts, s, s), stride=(ts, s, s))  # (B, Dv, T', g', g')
-            x = x.flatten(2).transpose(1, 2)  # (B, T'*g'*g', Dv), frame-major
-        return self.mlp(x)  # (B, N, D)
+            x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', g'*g', Dv)
+        if self.config.frame_difference != "none":
+            previous = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # group t-1's tokens (the first: itself)
+            parts = [x, x - previous]
+            if self.config.frame_difference == "both":
+                following = torch.cat([x[:, 1:], x[:, -1:]], dim=1)  # group t+1's tokens (the last: itself)
+                parts.append(following - x)
+            x = torch.cat(parts, dim=-1)  # (B, T', g'*g', 2 or 3 * width)
+        return self.mlp(x.flatten(1, 2))  # (B, N, D), frame-major

@@ -25,6 +25,8 @@ CONFIGS = [
     PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3),  # needs edge padding
     PooledMLPProjectorConfig(32, 48, spatial_stride=1, temporal_stride=4, temporal_merge="concat"),
     PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3, temporal_merge="concat"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=1, frame_difference="previous"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2, frame_difference="both"),
 ]
 
 
@@ -41,7 +43,7 @@ def test_contract_shapes(config, T, P):
 @pytest.mark.parametrize("T, P", [(8, 16), (5, 49)])
 def test_temporal_groups_say_which_tokens_come_from_which_frames(config, T, P):
     """The groups cover the frames in order, split the output evenly, and a group's tokens change
-    when, and only when, its own frames change."""
+    when, and only when, its own frames change (or, with frame_difference, its neighbours')."""
     torch.manual_seed(0)
     projector = build_projector(config)
     groups = projector.temporal_groups(T)
@@ -55,7 +57,9 @@ def test_temporal_groups_say_which_tokens_come_from_which_frames(config, T, P):
         changed = feats.clone()
         changed[:, frames.start] += 1.0
         differs = (projector(changed) - base).abs().amax(dim=-1)[0] > 1e-6  # (N,)
-        assert differs[k * per : (k + 1) * per].all() and differs.sum() == per, (k, frames)
+        reach = getattr(config, "frame_difference", "none")  # which neighbours read group k's frames too
+        first, last = max(k - (reach == "both"), 0), min(k + 1 + (reach != "none"), len(groups))
+        assert differs[first * per : last * per].all() and differs.sum() == (last - first) * per, (k, frames)
 
 
 def test_linear_and_mlp_are_the_documented_maps():
@@ -97,6 +101,26 @@ def test_pooled_mlp_concat_keeps_the_frames_in_order():
     assert not torch.allclose(reversed_in_time, projector(feats)[:, [4, 5, 6, 7, 0, 1, 2, 3]], atol=1e-3)
     mean = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=4))
     assert torch.allclose(mean(feats.flip(1)), mean(feats), atol=1e-6)  # averaging forgets the order
+
+
+@pytest.mark.parametrize("reach", ["previous", "both"])
+def test_pooled_mlp_frame_difference_reads_each_group_beside_its_change(reach):
+    """[x_t, x_t - x_(t-1)] per token (and with "both", x_(t+1) - x_t), the differences past either
+    end zero; a still video's groups then all read alike, and a cut shows in the group after it."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 3, 4, 32)  # 3 frames of a 2x2 grid
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, frame_difference=reach))
+    x = feats[0]  # (T, P, Dv)
+    parts = [x, x - torch.cat([x[:1], x[:-1]])] + ([torch.cat([x[1:], x[-1:]]) - x] if reach == "both" else [])
+    tokens = torch.cat(parts, dim=-1).reshape(1, 12, 32 * len(parts))
+    assert torch.allclose(projector(feats), projector.mlp(tokens), atol=1e-6)
+    still = projector(feats[:, :1].expand(1, 3, 4, 32)).reshape(3, 4, 48)
+    assert torch.allclose(still[1], still[0], atol=1e-6) and torch.allclose(still[2], still[0], atol=1e-6)
+    cut = torch.cat([feats[:, :1], feats[:, 1:2], feats[:, 1:2]], dim=1)  # frame 0, then a new scene
+    groups = projector(cut).reshape(3, 4, 48)
+    assert not torch.allclose(groups[1], groups[2], atol=1e-3)  # the cut's group differs from the one after it
+    with pytest.raises(ValueError, match="frame_difference must be"):
+        PooledMLPProjectorConfig(32, 48, frame_difference="next")
 
 
 def test_pooled_mlp_refuses_a_non_square_grid():
