@@ -158,6 +158,8 @@ def test_dense_trains_stage_3_after_a_stage_0_that_reads_the_event_text(tmp_path
     assert [Path(cfg.train.out_dir).name for cfg in trained] == ["text_lm", "projector", "lora", "dense"]
     assert trained[0].data.train == [str(tmp_path / "qs" / "data" / "train.jsonl"),
                                      str(tmp_path / "qs" / "data-dense" / "train.jsonl")]
+    alone = quickstart.stage_config(quickstart.configs_dir() / quickstart.STAGES[0], tmp_path / "qs")
+    assert trained[0].train.epochs * 2 == alone.train.epochs  # both texts (as many lines each) in as many steps
     assert [(Path(run).name, name) for run, name, _ in exports] == [("lora", "captioner"), ("dense", "captioner-dense")]
 
 

@@ -120,9 +120,12 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     if dense:
         say(f"synthetic multi-event clips -> {out / 'data-dense'}")
         dense_manifests = make_dense_dataset(out / "data-dense", seed=0, progress=progress, **DENSE_SYNTHETIC)
-        text_lm = stage_cfgs[0]  # stage 0 also learns the events' text: digits and the m:ss.s layout
-        stage_cfgs[0] = replace(text_lm, data=replace(text_lm.data, train=[text_lm.data.train,
-                                                                          str(dense_manifests["train"])]))
+        # stage 0 also learns the events' text (digits, the m:ss.s layout) in as many steps as
+        # without it: half the epochs over both manifests, each as long as the other
+        text_lm = stage_cfgs[0]
+        stage_cfgs[0] = replace(
+            text_lm, data=replace(text_lm.data, train=[text_lm.data.train, str(dense_manifests["train"])]),
+            train=replace(text_lm.train, epochs=max(1, text_lm.train.epochs // 2)))
     pretrain_tower(stage_cfgs, manifests["train"], say, progress)
     over = False  # once a stage starts over, every stage after it, which started from it, does too
     for name, cfg in zip(names, stage_cfgs):
