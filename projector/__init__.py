@@ -6,12 +6,13 @@ Every projector maps frozen vision features to the language model's embedding wi
     temporal_groups(T) -> [range of frames, ...]      the output's temporal groups, in order
 
 The N output tokens are grouped by time, group after group, each group with N / len(groups)
-tokens from the frames its range names (one frame each, or ``temporal_stride`` frames merged).
+tokens from the frames its range names (one frame each, or ``temporal_stride`` frames merged;
+with ``pooled_mlp``'s ``frame_difference`` a group's tokens also read how its neighbours differ).
 That is what a time-aware prompt needs: each group's token count, and its frames' times.
 
 Types (one file each, one config dataclass each): ``linear``, ``mlp2x_gelu`` (LLaVA-1.5's two-layer
 GELU MLP) and ``pooled_mlp`` (spatial average pooling with a stride as LLaVA-NeXT-Video does,
-optional temporal pooling, then the MLP). ``build_projector(config)`` constructs one from its
+optional temporal pooling and frame differences, then the MLP). ``build_projector(config)`` constructs one from its
 config; ``save_projector`` / ``load_projector`` write and read safetensors weights together with
 the config (``projector.safetensors`` + ``projector.json``).
 """
