@@ -7,9 +7,11 @@ concatenating their features (``"concat"``), which keeps their order: each outpu
 sees how its patch changes over those frames. The P tokens of a frame must form a
 square grid (use the vision encoder without its class token). Frames are padded by repeating the
 last one when T is not a multiple of ``temporal_stride``; the spatial grid likewise by its edge.
-With ``frame_difference``, each output token also reads how it differs from the same token of the
-previous temporal group (zero for the first group): the MLP sees [x_t, x_t - x_(t-1)], so a
-scene change shows in the tokens of the group where it happens, not only across groups.
+With ``frame_difference="previous"`` each output token also reads how it differs from the same
+token of the previous temporal group: the MLP sees [x_t, x_t - x_(t-1)], so a scene change shows
+in the tokens of the group where it happens, not only across groups; ``"both"`` adds the change
+to the next group, x_(t+1) - x_t, so an event's first group also shows its motion. Differences
+past either end of the video are zero.
 
 Notation: B videos, T frames, P = g*g tokens per frame, Dv vision width, D language-model width.
 """
@@ -35,7 +37,7 @@ class PooledMLPProjectorConfig:
     temporal_stride: int = 1
     temporal_merge: str = "mean"  # mean | concat
     depth: int = 2
-    frame_difference: str = "none"  # none | previous | both: the MLP also reads the change from the previous (and to the next) group
+    frame_difference: str = "none"  # none | previous | both: also the change from the previous (and to the next) group
 
     def __post_init__(self) -> None:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
