@@ -12,9 +12,9 @@ That is what a time-aware prompt needs: each group's token count, and its frames
 
 Types (one file each, one config dataclass each): ``linear``, ``mlp2x_gelu`` (LLaVA-1.5's two-layer
 GELU MLP) and ``pooled_mlp`` (spatial average pooling with a stride as LLaVA-NeXT-Video does,
-optional temporal pooling and frame differences, then the MLP). ``build_projector(config)`` constructs one from its
-config; ``save_projector`` / ``load_projector`` write and read safetensors weights together with
-the config (``projector.safetensors`` + ``projector.json``).
+optional temporal pooling and frame differences, then the MLP). ``build_projector(config)``
+constructs one from its config; ``save_projector`` / ``load_projector`` write and read safetensors
+weights together with the config (``projector.safetensors`` + ``projector.json``).
 """
 
 from .registry import (

@@ -29,6 +29,9 @@ from .linear import _check_positive
 from .mlp import MLPProjectorConfig, mlp_layers
 
 
+FRAME_DIFFERENCE_PARTS = {"none": 1, "previous": 2, "both": 3}  # value -> how many Dv-wide parts the MLP reads
+
+
 @dataclass
 class PooledMLPProjectorConfig:
     vision_hidden_size: int
@@ -43,8 +46,9 @@ class PooledMLPProjectorConfig:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
         if self.temporal_merge not in ("mean", "concat"):
             raise ValueError(f"temporal_merge must be 'mean' or 'concat', got {self.temporal_merge!r}")
-        if self.frame_difference not in ("none", "previous", "both"):
-            raise ValueError(f"frame_difference must be 'none', 'previous' or 'both', got {self.frame_difference!r}")
+        if self.frame_difference not in FRAME_DIFFERENCE_PARTS:
+            raise ValueError(f"frame_difference must be one of {list(FRAME_DIFFERENCE_PARTS)}, "
+                             f"got {self.frame_difference!r}")
 
 
 class PooledMLPProjector(nn.Module):
@@ -52,7 +56,7 @@ class PooledMLPProjector(nn.Module):
         super().__init__()
         self.config = config
         width = config.vision_hidden_size * (config.temporal_stride if config.temporal_merge == "concat" else 1)
-        width *= {"none": 1, "previous": 2, "both": 3}[config.frame_difference]
+        width *= FRAME_DIFFERENCE_PARTS[config.frame_difference]
         self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:

@@ -106,7 +106,7 @@ def test_pooled_mlp_concat_keeps_the_frames_in_order():
 @pytest.mark.parametrize("reach", ["previous", "both"])
 def test_pooled_mlp_frame_difference_reads_each_group_beside_its_change(reach):
     """[x_t, x_t - x_(t-1)] per token (and with "both", x_(t+1) - x_t), the differences past either
-    end zero; a still video's groups then all read alike, and a cut shows in the group after it."""
+    end zero; a still video's groups then all read alike, and a cut shows in the group where it happens."""
     torch.manual_seed(0)
     feats = torch.randn(1, 3, 4, 32)  # 3 frames of a 2x2 grid
     projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, frame_difference=reach))
@@ -118,7 +118,7 @@ def test_pooled_mlp_frame_difference_reads_each_group_beside_its_change(reach):
     assert torch.allclose(still[1], still[0], atol=1e-6) and torch.allclose(still[2], still[0], atol=1e-6)
     cut = torch.cat([feats[:, :1], feats[:, 1:2], feats[:, 1:2]], dim=1)  # frame 0, then a new scene
     groups = projector(cut).reshape(3, 4, 48)
-    assert not torch.allclose(groups[1], groups[2], atol=1e-3)  # the cut's group differs from the one after it
+    assert not torch.allclose(groups[1], groups[2], atol=1e-3)  # the cut's group differs from the still one after it
     with pytest.raises(ValueError, match="frame_difference must be"):
         PooledMLPProjectorConfig(32, 48, frame_difference="next")
 
