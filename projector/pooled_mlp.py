@@ -1,17 +1,24 @@
-"""``pooled_mlp``: average-pool the patch grid (and optionally merge neighbouring frames), then the MLP.
+"""``pooled_mlp``: merge neighbouring patches (and optionally neighbouring frames), then the MLP.
 
 As LLaVA-NeXT-Video does to fit more frames into the context: a stride-2 spatial pool turns a
-24x24 grid into 12x12, a quarter of the tokens per frame. ``temporal_stride`` frames are merged
-by averaging (``temporal_merge="mean"``) or, as Qwen2-VL merges two frames per patch, by
-concatenating their features (``"concat"``), which keeps their order: each output token then
-sees how its patch changes over those frames. The P tokens of a frame must form a
-square grid (use the vision encoder without its class token). Frames are padded by repeating the
-last one when T is not a multiple of ``temporal_stride``; the spatial grid likewise by its edge.
-With ``frame_difference="previous"`` each output token also reads how it differs from the same
-token of the previous temporal group: the MLP sees [x_t, x_t - x_(t-1)], so a scene change shows
-in the tokens of the group where it happens, not only across groups; ``"both"`` adds the change
-to the next group, x_(t+1) - x_t, so an event's first group also shows its motion. Differences
-past either end of the video are zero.
+24x24 grid into 12x12, a quarter of the tokens per frame. Each ``spatial_stride`` x
+``spatial_stride`` block of patches is merged by averaging (``spatial_merge="mean"``) or, as
+Qwen2-VL's and Qwen3-VL's patch merger does, by concatenating its patches' features
+(``"concat"``, space-to-depth with ``pixel_unshuffle``), which keeps where in the block each
+feature was: a shape on the left and the same shape on the right give different tokens.
+``temporal_stride`` frames are merged by averaging (``temporal_merge="mean"``) or, as Qwen2-VL
+merges two frames per patch, by concatenating their features (``"concat"``), which keeps their
+order: each output token then sees how its patch changes over those frames. The P tokens of a
+frame must form a square grid (use the vision encoder without its class token). Frames are
+padded by repeating the last one when T is not a multiple of ``temporal_stride``; the spatial
+grid likewise by its edge. With ``frame_difference="previous"`` each output token also reads how
+it differs from the same token of the previous temporal group: the MLP sees [x_t, x_t - x_(t-1)],
+so a scene change shows in the tokens of the group where it happens, not only across groups;
+``"both"`` adds the change to the next group, x_(t+1) - x_t, so an event's first group also shows
+its motion. Differences past either end of the video are zero. With ``neighbours=True`` each
+token also reads the 8 tokens around it in the merged grid (a 3x3 window, ``unfold``, zeros past
+the edge), as a convolution would: a token alone says what it shows, and with its neighbours also
+where a shape went, which the language model otherwise has to work out across tokens.
 
 Notation: B videos, T frames, P = g*g tokens per frame, Dv vision width, D language-model width.
 """
@@ -38,14 +45,17 @@ class PooledMLPProjectorConfig:
     text_hidden_size: int
     spatial_stride: int = 2
     temporal_stride: int = 1
+    spatial_merge: str = "mean"  # mean | concat: how a block of spatial_stride x spatial_stride patches becomes one token
     temporal_merge: str = "mean"  # mean | concat
     depth: int = 2
     frame_difference: str = "none"  # none | previous | both: also the change from the previous (and to the next) group
+    neighbours: bool = False  # each token also reads the 8 tokens around it in the (merged) grid
 
     def __post_init__(self) -> None:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
-        if self.temporal_merge not in ("mean", "concat"):
-            raise ValueError(f"temporal_merge must be 'mean' or 'concat', got {self.temporal_merge!r}")
+        for name in ("spatial_merge", "temporal_merge"):
+            if getattr(self, name) not in ("mean", "concat"):
+                raise ValueError(f"{name} must be 'mean' or 'concat', got {getattr(self, name)!r}")
         if self.frame_difference not in FRAME_DIFFERENCE_PARTS:
             raise ValueError(f"frame_difference must be one of {list(FRAME_DIFFERENCE_PARTS)}, "
                              f"got {self.frame_difference!r}")
@@ -55,8 +65,11 @@ class PooledMLPProjector(nn.Module):
     def __init__(self, config: PooledMLPProjectorConfig) -> None:
         super().__init__()
         self.config = config
-        width = config.vision_hidden_size * (config.temporal_stride if config.temporal_merge == "concat" else 1)
+        width = config.vision_hidden_size  # the MLP's input width: Dv times what is concatenated
+        width *= config.spatial_stride**2 if config.spatial_merge == "concat" else 1
+        width *= config.temporal_stride if config.temporal_merge == "concat" else 1
         width *= FRAME_DIFFERENCE_PARTS[config.frame_difference]
+        width *= 9 if config.neighbours else 1
         self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:
@@ -84,14 +97,23 @@ class PooledMLPProjector(nn.Module):
         pad_t, pad_g = (-T) % ts, (-g) % s
         if pad_t or pad_g:
             x = F.pad(x, (0, pad_g, 0, pad_g, 0, pad_t), mode="replicate")
-        if self.config.temporal_merge == "concat":
-            x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, Dv, T+pad, g', g')
-            Tp, gp = x.shape[2], x.shape[3]
-            x = x.reshape(B, Dv, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, Dv)
-            x = x.reshape(B, Tp // ts, gp * gp, ts * Dv)  # (B, T', g'*g', ts*Dv), frames in order
+        if self.config.spatial_merge == "concat":  # space-to-depth: channel c*s*s + i*s + j is patch (i, j)'s c
+            Tp = x.shape[2]
+            x = F.pixel_unshuffle(x.transpose(1, 2).flatten(0, 1), s)  # (B*(T+pad), Dv*s*s, g', g')
+            x = x.unflatten(0, (B, Tp)).transpose(1, 2)  # (B, C, T+pad, g', g'), C = Dv*s*s
         else:
-            x = F.avg_pool3d(x, kernel_size=(ts, s, s), stride=(ts, s, s))  # (B, Dv, T', g', g')
-            x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', g'*g', Dv)
+            x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, C, T+pad, g', g'), C = Dv
+        if self.config.neighbours:  # a 3x3 window around each token, zeros past the grid's edge
+            Tp, gp = x.shape[2], x.shape[3]
+            x = F.unfold(x.transpose(1, 2).flatten(0, 1), kernel_size=3, padding=1)  # (B*(T+pad), C*9, g'*g')
+            x = x.unflatten(0, (B, Tp)).unflatten(-1, (gp, gp)).transpose(1, 2)  # (B, C*9, T+pad, g', g')
+        C, Tp, gp = x.shape[1], x.shape[2], x.shape[3]
+        if self.config.temporal_merge == "concat":
+            x = x.reshape(B, C, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, C)
+            x = x.reshape(B, Tp // ts, gp * gp, ts * C)  # (B, T', g'*g', ts*C), frames in order
+        else:
+            x = F.avg_pool3d(x, kernel_size=(ts, 1, 1), stride=(ts, 1, 1))  # (B, C, T', g', g')
+            x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', g'*g', C)
         if self.config.frame_difference != "none":
             previous = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # group t-1's tokens (the first: itself)
             parts = [x, x - previous]

@@ -27,6 +27,11 @@ CONFIGS = [
     PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=3, temporal_merge="concat"),
     PooledMLPProjectorConfig(32, 48, spatial_stride=1, frame_difference="previous"),
     PooledMLPProjectorConfig(32, 48, spatial_stride=2, temporal_stride=2, frame_difference="both"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, spatial_merge="concat", frame_difference="both"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=2, spatial_merge="concat",  # pads both ways
+                             temporal_merge="concat"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours=True, frame_difference="both"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, neighbours=True, temporal_stride=2),
 ]
 
 
@@ -103,6 +108,25 @@ def test_pooled_mlp_concat_keeps_the_frames_in_order():
     assert torch.allclose(mean(feats.flip(1)), mean(feats), atol=1e-6)  # averaging forgets the order
 
 
+def test_pooled_mlp_spatial_concat_keeps_where_each_patch_was():
+    """Qwen-VL's patch merger: a block's patches side by side (patch (i, j)'s feature c at c*s*s + i*s + j)."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 2, 16, 32)  # 2 frames of a 4x4 grid
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2, spatial_merge="concat"))
+    grid = feats.reshape(2, 4, 4, 32).permute(0, 3, 1, 2)  # (T, Dv, 4, 4)
+    tokens = torch.stack([grid[t, :, 2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2].reshape(32 * 4)
+                          for t in range(2) for bi in range(2) for bj in range(2)])  # (T * 4 blocks, 4*Dv)
+    assert projector.num_output_tokens(2, 16) == 8
+    assert torch.allclose(projector(feats), projector.mlp(tokens[None]), atol=1e-6)
+    mirrored = feats.reshape(1, 2, 4, 4, 32).flip(3).reshape(1, 2, 16, 32)  # left and right swapped
+    block_mirrored = projector(mirrored)[:, [1, 0, 3, 2, 5, 4, 7, 6]]  # the blocks back in their places
+    assert not torch.allclose(block_mirrored, projector(feats), atol=1e-3)  # a block's inside is not averaged away
+    mean = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=2))
+    assert torch.allclose(mean(mirrored)[:, [1, 0, 3, 2, 5, 4, 7, 6]], mean(feats), atol=1e-6)
+    with pytest.raises(ValueError, match="spatial_merge must be"):
+        PooledMLPProjectorConfig(32, 48, spatial_merge="max")
+
+
 @pytest.mark.parametrize("reach", ["previous", "both"])
 def test_pooled_mlp_frame_difference_reads_each_group_beside_its_change(reach):
     """[x_t, x_t - x_(t-1)] per token (and with "both", x_(t+1) - x_t), the differences past either
@@ -123,6 +147,24 @@ def test_pooled_mlp_frame_difference_reads_each_group_beside_its_change(reach):
         PooledMLPProjectorConfig(32, 48, frame_difference="next")
 
 
+def test_pooled_mlp_neighbours_reads_the_3x3_window_around_each_token():
+    """Token (i, j) reads patch (i + di, j + dj)'s feature c at c*9 + (di+1)*3 + (dj+1), zeros past the
+    edge; a frame and its mirror image then no longer give the same tokens in another order."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 2, 9, 32)  # 2 frames of a 3x3 grid
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours=True))
+    padded = F.pad(feats.reshape(2, 3, 3, 32), (0, 0, 1, 1, 1, 1))  # (T, 5, 5, Dv): a ring of zeros
+    tokens = torch.stack([torch.stack([padded[t, i + di, j + dj] for di in range(3) for dj in range(3)], dim=-1)
+                          .reshape(32 * 9) for t in range(2) for i in range(3) for j in range(3)])  # (T*P, 9*Dv)
+    assert projector.num_output_tokens(2, 9) == 18
+    assert torch.allclose(projector(feats), projector.mlp(tokens[None]), atol=1e-6)
+    mirror = [2, 1, 0, 5, 4, 3, 8, 7, 6]  # each row's patches right to left
+    back = mirror + [9 + k for k in mirror]  # the mirrored video's tokens back in their places
+    assert not torch.allclose(projector(feats[:, :, mirror])[:, back], projector(feats), atol=1e-3)
+    alone = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1))
+    assert torch.allclose(alone(feats[:, :, mirror])[:, back], alone(feats), atol=1e-6)
+
+
 def test_pooled_mlp_refuses_a_non_square_grid():
     projector = build_projector(PooledMLPProjectorConfig(32, 48))
     with pytest.raises(ValueError, match="square patch grid"):
@@ -134,6 +176,7 @@ def test_registry_lists_every_type_and_names_errors():
     config = projector_config_from_dict({"type": "pooled_mlp", "vision_hidden_size": 8, "text_hidden_size": 4,
                                          "spatial_stride": 4})
     assert isinstance(config, PooledMLPProjectorConfig) and config.spatial_stride == 4
+    assert config.spatial_merge == "mean" and not config.neighbours  # a projector.json from before them reads as before
     with pytest.raises(ValueError, match="type must be one of"):
         projector_config_from_dict({"type": "qformer"})
     with pytest.raises(ValueError, match="unknown key 'stride'"):
