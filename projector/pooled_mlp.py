@@ -15,10 +15,12 @@ grid likewise by its edge. With ``frame_difference="previous"`` each output toke
 it differs from the same token of the previous temporal group: the MLP sees [x_t, x_t - x_(t-1)],
 so a scene change shows in the tokens of the group where it happens, not only across groups;
 ``"both"`` adds the change to the next group, x_(t+1) - x_t, so an event's first group also shows
-its motion. Differences past either end of the video are zero. With ``neighbours=True`` each
+its motion. Differences past either end of the video are zero. With ``neighbours="all"`` each
 token also reads the 8 tokens around it in the merged grid (a 3x3 window, ``unfold``, zeros past
 the edge), as a convolution would: a token alone says what it shows, and with its neighbours also
 where a shape went, which the language model otherwise has to work out across tokens.
+``"differences"`` windows only the frame differences: a token reads itself alone and the changes
+around it, so what it shows stays the same wherever it is.
 
 Notation: B videos, T frames, P = g*g tokens per frame, Dv vision width, D language-model width.
 """
@@ -49,7 +51,7 @@ class PooledMLPProjectorConfig:
     temporal_merge: str = "mean"  # mean | concat
     depth: int = 2
     frame_difference: str = "none"  # none | previous | both: also the change from the previous (and to the next) group
-    neighbours: bool = False  # each token also reads the 8 tokens around it in the (merged) grid
+    neighbours: str = "none"  # none | all | differences: what each token also reads of the 8 tokens around it
 
     def __post_init__(self) -> None:
         _check_positive(self, "vision_hidden_size", "text_hidden_size", "spatial_stride", "temporal_stride", "depth")
@@ -59,6 +61,10 @@ class PooledMLPProjectorConfig:
         if self.frame_difference not in FRAME_DIFFERENCE_PARTS:
             raise ValueError(f"frame_difference must be one of {list(FRAME_DIFFERENCE_PARTS)}, "
                              f"got {self.frame_difference!r}")
+        if self.neighbours not in ("none", "all", "differences"):
+            raise ValueError(f"neighbours must be 'none', 'all' or 'differences', got {self.neighbours!r}")
+        if self.neighbours == "differences" and self.frame_difference == "none":
+            raise ValueError("neighbours='differences' needs a frame_difference ('previous' or 'both')")
 
 
 class PooledMLPProjector(nn.Module):
@@ -68,8 +74,8 @@ class PooledMLPProjector(nn.Module):
         width = config.vision_hidden_size  # the MLP's input width: Dv times what is concatenated
         width *= config.spatial_stride**2 if config.spatial_merge == "concat" else 1
         width *= config.temporal_stride if config.temporal_merge == "concat" else 1
-        width *= FRAME_DIFFERENCE_PARTS[config.frame_difference]
-        width *= 9 if config.neighbours else 1
+        parts = FRAME_DIFFERENCE_PARTS[config.frame_difference]
+        width *= {"none": parts, "all": 9 * parts, "differences": 1 + 9 * (parts - 1)}[config.neighbours]
         self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:
@@ -103,10 +109,6 @@ class PooledMLPProjector(nn.Module):
             x = x.unflatten(0, (B, Tp)).transpose(1, 2)  # (B, C, T+pad, g', g'), C = Dv*s*s
         else:
             x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, C, T+pad, g', g'), C = Dv
-        if self.config.neighbours:  # a 3x3 window around each token, zeros past the grid's edge
-            Tp, gp = x.shape[2], x.shape[3]
-            x = F.unfold(x.transpose(1, 2).flatten(0, 1), kernel_size=3, padding=1)  # (B*(T+pad), C*9, g'*g')
-            x = x.unflatten(0, (B, Tp)).unflatten(-1, (gp, gp)).transpose(1, 2)  # (B, C*9, T+pad, g', g')
         C, Tp, gp = x.shape[1], x.shape[2], x.shape[3]
         if self.config.temporal_merge == "concat":
             x = x.reshape(B, C, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, C)
@@ -114,11 +116,21 @@ class PooledMLPProjector(nn.Module):
         else:
             x = F.avg_pool3d(x, kernel_size=(ts, 1, 1), stride=(ts, 1, 1))  # (B, C, T', g', g')
             x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', g'*g', C)
+        parts = [x]  # each (B, T', g'*g', C)
         if self.config.frame_difference != "none":
             previous = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # group t-1's tokens (the first: itself)
-            parts = [x, x - previous]
+            parts.append(x - previous)
             if self.config.frame_difference == "both":
                 following = torch.cat([x[:, 1:], x[:, -1:]], dim=1)  # group t+1's tokens (the last: itself)
                 parts.append(following - x)
-            x = torch.cat(parts, dim=-1)  # (B, T', g'*g', 2 or 3 * width)
-        return self.mlp(x.flatten(1, 2))  # (B, N, D), frame-major
+        windowed = {"none": 0, "all": len(parts), "differences": len(parts) - 1}[self.config.neighbours]
+        parts[len(parts) - windowed:] = [_window(part, gp) for part in parts[len(parts) - windowed:]]
+        return self.mlp(torch.cat(parts, dim=-1).flatten(1, 2))  # (B, N, D), frame-major
+
+
+def _window(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, T, g*g, C) -> (B, T, g*g, C*9): each token's 3x3 window of the g x g grid, zeros past the
+    edge; channel c*9 + (di+1)*3 + (dj+1) is the token (i+di, j+dj)'s channel c (``unfold``)."""
+    B, T, _, C = x.shape
+    grid = x.flatten(0, 1).transpose(1, 2).unflatten(-1, (g, g))  # (B*T, C, g, g)
+    return F.unfold(grid, kernel_size=3, padding=1).transpose(1, 2).unflatten(0, (B, T))  # (B, T, g*g, C*9)

@@ -30,8 +30,9 @@ CONFIGS = [
     PooledMLPProjectorConfig(32, 48, spatial_stride=2, spatial_merge="concat", frame_difference="both"),
     PooledMLPProjectorConfig(32, 48, spatial_stride=3, temporal_stride=2, spatial_merge="concat",  # pads both ways
                              temporal_merge="concat"),
-    PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours=True, frame_difference="both"),
-    PooledMLPProjectorConfig(32, 48, spatial_stride=2, neighbours=True, temporal_stride=2),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours="all", frame_difference="both"),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=2, neighbours="all", temporal_stride=2),
+    PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours="differences", frame_difference="previous"),
 ]
 
 
@@ -152,17 +153,29 @@ def test_pooled_mlp_neighbours_reads_the_3x3_window_around_each_token():
     edge; a frame and its mirror image then no longer give the same tokens in another order."""
     torch.manual_seed(0)
     feats = torch.randn(1, 2, 9, 32)  # 2 frames of a 3x3 grid
-    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours=True))
-    padded = F.pad(feats.reshape(2, 3, 3, 32), (0, 0, 1, 1, 1, 1))  # (T, 5, 5, Dv): a ring of zeros
-    tokens = torch.stack([torch.stack([padded[t, i + di, j + dj] for di in range(3) for dj in range(3)], dim=-1)
-                          .reshape(32 * 9) for t in range(2) for i in range(3) for j in range(3)])  # (T*P, 9*Dv)
+    projector = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours="all"))
+
+    def windows(x):  # (T, 9, Dv) -> (T*9, 9*Dv), by hand
+        padded = F.pad(x.reshape(2, 3, 3, 32), (0, 0, 1, 1, 1, 1))  # (T, 5, 5, Dv): a ring of zeros
+        return torch.stack([torch.stack([padded[t, i + di, j + dj] for di in range(3) for dj in range(3)], dim=-1)
+                            .reshape(32 * 9) for t in range(2) for i in range(3) for j in range(3)])
+
     assert projector.num_output_tokens(2, 9) == 18
-    assert torch.allclose(projector(feats), projector.mlp(tokens[None]), atol=1e-6)
+    assert torch.allclose(projector(feats), projector.mlp(windows(feats[0])[None]), atol=1e-6)
+    moves = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1, neighbours="differences",
+                                                     frame_difference="previous"))
+    x = feats[0]  # the token itself alone, its change from the previous frame with the 8 around it
+    tokens = torch.cat([x.reshape(18, 32), windows(x - torch.cat([x[:1], x[:-1]]))], dim=-1)  # (T*P, Dv + 9*Dv)
+    assert torch.allclose(moves(feats), moves.mlp(tokens[None]), atol=1e-6)
     mirror = [2, 1, 0, 5, 4, 3, 8, 7, 6]  # each row's patches right to left
     back = mirror + [9 + k for k in mirror]  # the mirrored video's tokens back in their places
     assert not torch.allclose(projector(feats[:, :, mirror])[:, back], projector(feats), atol=1e-3)
     alone = build_projector(PooledMLPProjectorConfig(32, 48, spatial_stride=1))
     assert torch.allclose(alone(feats[:, :, mirror])[:, back], alone(feats), atol=1e-6)
+    with pytest.raises(ValueError, match="neighbours must be"):
+        PooledMLPProjectorConfig(32, 48, neighbours="yes")
+    with pytest.raises(ValueError, match="needs a frame_difference"):
+        PooledMLPProjectorConfig(32, 48, neighbours="differences")
 
 
 def test_pooled_mlp_refuses_a_non_square_grid():
@@ -176,7 +189,7 @@ def test_registry_lists_every_type_and_names_errors():
     config = projector_config_from_dict({"type": "pooled_mlp", "vision_hidden_size": 8, "text_hidden_size": 4,
                                          "spatial_stride": 4})
     assert isinstance(config, PooledMLPProjectorConfig) and config.spatial_stride == 4
-    assert config.spatial_merge == "mean" and not config.neighbours  # a projector.json from before them reads as before
+    assert config.spatial_merge == "mean" and config.neighbours == "none"  # a projector.json from before them reads as before
     with pytest.raises(ValueError, match="type must be one of"):
         projector_config_from_dict({"type": "qformer"})
     with pytest.raises(ValueError, match="unknown key 'stride'"):
