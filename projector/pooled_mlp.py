@@ -123,8 +123,9 @@ class PooledMLPProjector(nn.Module):
             if self.config.frame_difference == "both":
                 following = torch.cat([x[:, 1:], x[:, -1:]], dim=1)  # group t+1's tokens (the last: itself)
                 parts.append(following - x)
-        windowed = {"none": 0, "all": len(parts), "differences": len(parts) - 1}[self.config.neighbours]
-        parts[len(parts) - windowed:] = [_window(part, gp) for part in parts[len(parts) - windowed:]]
+        if self.config.neighbours != "none":  # every part's 3x3 window, or only the differences'
+            first = 0 if self.config.neighbours == "all" else 1
+            parts = parts[:first] + [_window(part, gp) for part in parts[first:]]
         return self.mlp(torch.cat(parts, dim=-1).flatten(1, 2))  # (B, N, D), frame-major
 
 
