@@ -13,9 +13,9 @@ That is what a time-aware prompt needs: each group's token count, and its frames
 Types (one file each, one config dataclass each): ``linear``, ``mlp2x_gelu`` (LLaVA-1.5's two-layer
 GELU MLP) and ``pooled_mlp`` (spatial pooling with a stride as LLaVA-NeXT-Video does, or Qwen-VL's
 concatenating patch merger; optional temporal merging, frame differences and each token's 3x3
-neighbourhood, then the MLP). ``build_projector(config)``
-constructs one from its config; ``save_projector`` / ``load_projector`` write and read safetensors
-weights together with the config (``projector.safetensors`` + ``projector.json``).
+neighbourhood, then the MLP). ``build_projector(config)`` constructs one from its config;
+``save_projector`` / ``load_projector`` write and read safetensors weights together with the
+config (``projector.safetensors`` + ``projector.json``).
 """
 
 from .registry import (

@@ -103,18 +103,19 @@ class PooledMLPProjector(nn.Module):
         pad_t, pad_g = (-T) % ts, (-g) % s
         if pad_t or pad_g:
             x = F.pad(x, (0, pad_g, 0, pad_g, 0, pad_t), mode="replicate")
+        Tp, gp = T + pad_t, (g + pad_g) // s  # frames after padding, merged grid side g'
         if self.config.spatial_merge == "concat":  # space-to-depth: channel c*s*s + i*s + j is patch (i, j)'s c
-            Tp = x.shape[2]
             x = F.pixel_unshuffle(x.transpose(1, 2).flatten(0, 1), s)  # (B*(T+pad), Dv*s*s, g', g')
             x = x.unflatten(0, (B, Tp)).transpose(1, 2)  # (B, C, T+pad, g', g'), C = Dv*s*s
-        else:
+        elif s > 1:
             x = F.avg_pool3d(x, kernel_size=(1, s, s), stride=(1, s, s))  # (B, C, T+pad, g', g'), C = Dv
-        C, Tp, gp = x.shape[1], x.shape[2], x.shape[3]
+        C = x.shape[1]
         if self.config.temporal_merge == "concat":
             x = x.reshape(B, C, Tp // ts, ts, gp * gp).permute(0, 2, 4, 3, 1)  # (B, T', g'*g', ts, C)
             x = x.reshape(B, Tp // ts, gp * gp, ts * C)  # (B, T', g'*g', ts*C), frames in order
         else:
-            x = F.avg_pool3d(x, kernel_size=(ts, 1, 1), stride=(ts, 1, 1))  # (B, C, T', g', g')
+            if ts > 1:
+                x = F.avg_pool3d(x, kernel_size=(ts, 1, 1), stride=(ts, 1, 1))  # (B, C, T', g', g')
             x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', g'*g', C)
         parts = [x]  # each (B, T', g'*g', C)
         if self.config.frame_difference != "none":
@@ -132,6 +133,6 @@ class PooledMLPProjector(nn.Module):
 def _window(x: torch.Tensor, g: int) -> torch.Tensor:
     """(B, T, g*g, C) -> (B, T, g*g, C*9): each token's 3x3 window of the g x g grid, zeros past the
     edge; channel c*9 + (di+1)*3 + (dj+1) is the token (i+di, j+dj)'s channel c (``unfold``)."""
-    B, T, _, C = x.shape
+    B, T = x.shape[:2]
     grid = x.flatten(0, 1).transpose(1, 2).unflatten(-1, (g, g))  # (B*T, C, g, g)
     return F.unfold(grid, kernel_size=3, padding=1).transpose(1, 2).unflatten(0, (B, T))  # (B, T, g*g, C*9)
