@@ -110,7 +110,11 @@ def _fake_run(tmp_path, monkeypatch) -> tuple[list, list]:
     from vcap.config_io import absolute_paths
 
     trained, exports = [], []
-    manifests = lambda out, **kw: {s: Path(out) / f"{s}.jsonl" for s in ("train", "val", "test")}  # noqa: E731
+    def manifests(out, *, n_train, **kw):  # a line per training clip, each naming its clip
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "train.jsonl").write_text("".join(f'{{"video": "train_{i}.mp4"}}\n' for i in range(n_train)))
+        return {s: Path(out) / f"{s}.jsonl" for s in ("train", "val", "test")}
+
     monkeypatch.setattr(vcap.recipes.synthetic, "make_dataset", manifests)
     monkeypatch.setattr(vcap.recipes.synthetic, "make_dense_dataset", manifests)
     monkeypatch.setattr(quickstart, "pretrain_tower", lambda *a, **k: False)
@@ -156,8 +160,16 @@ def test_dense_trains_stage_3_after_a_stage_0_that_reads_the_event_text(tmp_path
     reports, met = quickstart.quickstart(tmp_path / "qs", progress=False, dense=True)
     assert met and set(reports) == {"single", "dense"}
     assert [Path(cfg.train.out_dir).name for cfg in trained] == ["text_lm", "projector", "lora", "dense"]
-    assert trained[0].data.train == [str(tmp_path / "qs" / "data" / "train.jsonl"),
-                                     str(tmp_path / "qs" / "data-dense" / "train.jsonl")]
+    single, events = trained[0].data.train
+    assert single == str(tmp_path / "qs" / "data" / "train.jsonl")
+    # stage 0 reads the first multi-event clips' text, as many lines as the single captions'
+    # (stage 3 reads all of them: more clips than single-event ones)
+    assert events == str(tmp_path / "qs" / "data-dense" / "train-text.jsonl")
+    every = (tmp_path / "qs" / "data-dense" / "train.jsonl").read_text().splitlines(keepends=True)
+    n_single = quickstart.SYNTHETIC["n_train"]
+    assert len(every) == quickstart.DENSE_SYNTHETIC["n_train"] > n_single
+    assert Path(events).read_text() == "".join(every[:n_single])
+    assert trained[-1].data.train == str(tmp_path / "qs" / "data-dense" / "train.jsonl")
     alone = quickstart.stage_config(quickstart.configs_dir() / quickstart.STAGES[0], tmp_path / "qs")
     assert trained[0].train.epochs * 2 == alone.train.epochs  # both texts (as many lines each) in as many steps
     assert [(Path(run).name, name) for run, name, _ in exports] == [("lora", "captioner"), ("dense", "captioner-dense")]

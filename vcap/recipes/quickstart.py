@@ -42,7 +42,7 @@ DENSE_STAGE = "quickstart-3-dense.yaml"
 DEFAULT_OUT = "runs/quickstart"
 DEFAULT_DENSE_OUT = "runs/quickstart-dense"
 SYNTHETIC = dict(n_train=400, n_val=24, n_test=48, size=64, num_frames=16, fps=8)
-DENSE_SYNTHETIC = dict(n_train=400, n_val=24, n_test=48, size=64, fps=8, events=(2, 3), seconds=(6.0, 12.0))
+DENSE_SYNTHETIC = dict(n_train=1440, n_val=24, n_test=48, size=64, fps=4, events=(2, 3), seconds=(6.0, 12.0))
 VISION_PRETRAIN = dict(steps=300, batch_size=64, lr=2e-3, frames_per_clip=16)  # about a minute on 2 cores
 
 
@@ -100,6 +100,7 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     from ..config_io import absolute_paths
     from ..evaluate import evaluate, format_report
     from ..export import export
+    from ..outputs import write_text
     from ..train import dump_config, train
     from .synthetic import judge_attributes, make_dataset, make_dense_dataset
 
@@ -121,10 +122,14 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
         say(f"synthetic multi-event clips -> {out / 'data-dense'}")
         dense_manifests = make_dense_dataset(out / "data-dense", seed=0, progress=progress, **DENSE_SYNTHETIC)
         # stage 0 also learns the events' text (digits, the m:ss.s layout) in as many steps as
-        # without it: half the epochs over both manifests, each as long as the other
+        # without it: half the epochs over both texts, the events' cut to as many lines as the
+        # single captions' (stage 3 reads every multi-event clip)
         text_lm = stage_cfgs[0]
+        lines = len(Path(manifests["train"]).read_text(encoding="utf-8").splitlines())
+        events_text = write_text(out / "data-dense" / "train-text.jsonl", "".join(
+            Path(dense_manifests["train"]).read_text(encoding="utf-8").splitlines(keepends=True)[:lines]))
         stage_cfgs[0] = replace(
-            text_lm, data=replace(text_lm.data, train=[text_lm.data.train, str(dense_manifests["train"])]),
+            text_lm, data=replace(text_lm.data, train=[text_lm.data.train, str(events_text)]),
             train=replace(text_lm.train, epochs=max(1, text_lm.train.epochs // 2)))
     pretrain_tower(stage_cfgs, manifests["train"], say, progress)
     over = False  # once a stage starts over, every stage after it, which started from it, does too
