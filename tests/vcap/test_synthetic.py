@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from vcap.recipes.synthetic import (
     caption,
     split_combinations,
     make_dataset,
+    make_dense_dataset,
     parse_attributes,
     render_frames,
     states_all_attributes,
@@ -78,9 +80,35 @@ def test_deterministic_for_a_seed(tmp_path):
     a = make_dataset(tmp_path / "a", n_train=3, n_val=1, n_test=2, seed=5, size=32, num_frames=4, progress=False)
     b = make_dataset(tmp_path / "b", n_train=3, n_val=1, n_test=2, seed=5, size=32, num_frames=4, progress=False)
     assert a["train"].read_text() == b["train"].read_text()
-    clip_a = read_frames(tmp_path / "a" / "train" / "train_00000.mp4", num_frames=4).frames
-    clip_b = read_frames(tmp_path / "b" / "train" / "train_00000.mp4", num_frames=4).frames
+    name = json.loads(a["train"].read_text().splitlines()[0])["video"]
+    clip_a = read_frames(tmp_path / "a" / name, num_frames=4).frames
+    clip_b = read_frames(tmp_path / "b" / name, num_frames=4).frames
     assert np.array_equal(clip_a, clip_b)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_rerun_with_other_settings_never_keeps_a_clip_its_manifest_no_longer_describes(tmp_path, dense):
+    """Clips already in the folder are kept, but only those rendered from the same plan: with more
+    training clips the random draws shift (and another size changes every frame), so an old
+    ``train_00000`` would otherwise sit under a manifest line that describes other events."""
+    def make(out, n_train, size):
+        if dense:
+            return make_dense_dataset(out, n_train=n_train, n_val=1, n_test=1, size=size, fps=2, progress=False)
+        return make_dataset(out, n_train=n_train, n_val=1, n_test=1, size=size, num_frames=4, progress=False)
+
+    make(tmp_path / "rerun", 2, 32)
+    old = {p.name for p in (tmp_path / "rerun").rglob("*.mp4")}
+    for n_train, size in ((3, 32), (3, 24)):
+        again = make(tmp_path / "rerun", n_train, size)
+        fresh = make(tmp_path / f"fresh-{n_train}-{size}", n_train, size)
+        for split in ("train", "val", "test"):
+            assert again[split].read_text() == fresh[split].read_text()
+            for line in again[split].read_text().splitlines():
+                name = json.loads(line)["video"]
+                assert np.array_equal(read_frames(tmp_path / "rerun" / name, num_frames=3).frames,
+                                      read_frames(tmp_path / f"fresh-{n_train}-{size}" / name, num_frames=3).frames)
+    used = {Path(json.loads(line)["video"]).name for line in again["train"].read_text().splitlines()}
+    assert used - old and old <= {p.name for p in (tmp_path / "rerun").rglob("*.mp4")}  # old clips left in place
 
 
 def test_vcap_synth_command(tmp_path, capsys):

@@ -16,6 +16,7 @@ split can hold combinations the model never saw. Everything is deterministic for
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -272,6 +273,14 @@ def split_combinations(seed: int = 0, train_share: float = 0.75) -> tuple[list[C
     return combos[:cut], combos[cut:]
 
 
+def _clip_name(split: str, index: int, plan: tuple) -> str:
+    """A clip's file name: its split and index, and a digest of everything it is rendered from, so a
+    rerun with other settings (more clips, another size) writes new clips instead of keeping old
+    files whose content the new manifest would no longer describe."""
+    digest = hashlib.sha256(repr(plan).encode("utf-8")).hexdigest()[:10]
+    return f"{split}/{split}_{index:05d}_{digest}.mp4"
+
+
 def _check_manifests(out: Path, key: str) -> None:
     """Before any clip is written: a split manifest already in ``out`` must be one this module wrote
     (each line with ``video`` and ``key``), never a file of the user's."""
@@ -302,7 +311,7 @@ def make_dataset(
 
     Train and val use only the training combinations; ``unseen_share`` of the test clips show
     combinations training never shows, the rest are new clips of seen combinations. Existing
-    clips are kept (a rerun only writes what is missing).
+    clips are kept (a rerun only writes what is missing; a clip's name changes with what it shows).
     """
     from ..outputs import write_jsonl
     from ..progress import progress_bar
@@ -325,9 +334,9 @@ def make_dataset(
     for split, clips in plan.items():
         lines = []
         for i, attrs in enumerate(clips):
-            name = f"{split}/{split}_{i:05d}.mp4"
-            path = out / name
             clip_seed = rng.randrange(2**31)
+            name = _clip_name(split, i, (attrs, clip_seed, size, num_frames, fps))
+            path = out / name
             if not path.exists():
                 write_mp4(render_frames(attrs, size=size, num_frames=num_frames, seed=clip_seed), path, fps)
             record = asdict(attrs)
@@ -362,7 +371,7 @@ def make_dense_dataset(
     manifest has two lines per clip (en, ko): the events' text as ``caption`` (vcap.events' layout)
     and the ``events`` with their ``attributes`` and ``unseen_combination``. Training and validation
     events use the training combinations only; ``unseen_share`` of the test events use held-out ones.
-    Existing clips are kept."""
+    Existing clips are kept (a clip's name changes with what it shows)."""
     from ..errors import UsageError
     from ..events import events_text
     from ..outputs import write_jsonl
@@ -393,8 +402,8 @@ def make_dense_dataset(
                 unseen = split == "test" and slot in held_out
                 slot += split == "test"
                 timed.append((TimedEvent(rng.choice(unseen_combos if unseen else seen_combos), start, end), unseen))
-            name = f"{split}/{split}_{i:05d}.mp4"
             clip_seed = rng.randrange(2**31)
+            name = _clip_name(split, i, (tuple(timed), clip_seed, size, fps))
             if not (out / name).exists():
                 write_mp4(render_events([e for e, _ in timed], size=size, fps=fps, seed=clip_seed), out / name, fps)
             for lang in ("en", "ko"):
