@@ -39,6 +39,10 @@ from .mlp import MLPProjectorConfig, mlp_layers
 
 
 FRAME_DIFFERENCE_PARTS = {"none": 1, "previous": 2, "both": 3}  # value -> how many Dv-wide parts the MLP reads
+# neighbours value -> how many Dv-wide parts the MLP reads, given the frame_difference parts: each
+# part alone, each with its 8 neighbours (x9), or the frame itself alone and its differences x9
+NEIGHBOURS_PARTS = {"none": lambda parts: parts, "all": lambda parts: 9 * parts,
+                    "differences": lambda parts: 1 + 9 * (parts - 1)}
 
 
 @dataclass
@@ -61,8 +65,8 @@ class PooledMLPProjectorConfig:
         if self.frame_difference not in FRAME_DIFFERENCE_PARTS:
             raise ValueError(f"frame_difference must be one of {list(FRAME_DIFFERENCE_PARTS)}, "
                              f"got {self.frame_difference!r}")
-        if self.neighbours not in ("none", "all", "differences"):
-            raise ValueError(f"neighbours must be 'none', 'all' or 'differences', got {self.neighbours!r}")
+        if self.neighbours not in NEIGHBOURS_PARTS:
+            raise ValueError(f"neighbours must be one of {list(NEIGHBOURS_PARTS)}, got {self.neighbours!r}")
         if self.neighbours == "differences" and self.frame_difference == "none":
             raise ValueError("neighbours='differences' needs a frame_difference ('previous' or 'both')")
 
@@ -74,8 +78,7 @@ class PooledMLPProjector(nn.Module):
         width = config.vision_hidden_size  # the MLP's input width: Dv times what is concatenated
         width *= config.spatial_stride**2 if config.spatial_merge == "concat" else 1
         width *= config.temporal_stride if config.temporal_merge == "concat" else 1
-        parts = FRAME_DIFFERENCE_PARTS[config.frame_difference]
-        width *= {"none": parts, "all": 9 * parts, "differences": 1 + 9 * (parts - 1)}[config.neighbours]
+        width *= NEIGHBOURS_PARTS[config.neighbours](FRAME_DIFFERENCE_PARTS[config.frame_difference])
         self.mlp = mlp_layers(MLPProjectorConfig(width, config.text_hidden_size, config.depth))
 
     def _grid(self, P: int) -> int:
