@@ -12,7 +12,7 @@ Notation as in model.py (B batch, S prompt length, V vocabulary).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,6 +100,7 @@ def generate(
     thinking_budget: ThinkingBudget | None = None,
     compile: bool = False,
     stream: bool = False,
+    visible: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor | Iterator[torch.Tensor]:
     """Generate up to ``max_new_tokens`` per row.
 
@@ -110,6 +111,9 @@ def generate(
     Sampling: a ``SamplingConfig`` (or preset) and/or the individual keyword overrides.
     Returns the new tokens (B, n), each row ending with its stop token and padded with
     ``pad_token_id`` after it; with ``stream=True``, an iterator of (B,) tensors, one per step.
+    visible: optionally called with each step's chosen ids (B,) before they are fed back; returns
+        which prompt positions (B, S) bool each of them may attend to (None: all), for example
+        only the frames of the event being captioned (see ``Qwen3ForCausalLM.forward``).
     """
     overrides = {
         k: v for k, v in dict(
@@ -121,7 +125,7 @@ def generate(
     config = SamplingConfig(**{**base, **overrides})
     steps = _decode_steps(
         model, input_ids, attention_mask, inputs_embeds, max_new_tokens, config,
-        tuple(stop_token_ids), pad_token_id, seed, thinking_budget, compile,
+        tuple(stop_token_ids), pad_token_id, seed, thinking_budget, compile, visible,
     )
     if stream:
         return steps
@@ -145,6 +149,7 @@ def _decode_steps(
     seed: int | None,
     budget: ThinkingBudget | None,
     compile: bool,
+    visible: Callable[[torch.Tensor], torch.Tensor | None] | None,
 ) -> Iterator[torch.Tensor]:
     if input_ids is None and inputs_embeds is None:
         raise ValueError("generate needs input_ids or inputs_embeds")
@@ -184,12 +189,18 @@ def _decode_steps(
         if step == max_new_tokens - 1 or bool(finished.all()):
             return
         penalties.observe(next_ids, finished)
-        logits = decode(model, next_ids[:, None], cache)
+        keys = visible(next_ids) if visible is not None else None  # (B, S) or None
+        if keys is None:
+            logits = decode(model, next_ids[:, None], cache)
+        else:  # a restricted step is not compiled: its mask changes from step to step
+            logits = _decode_step(model, next_ids[:, None], cache, keys.to(device)[:, None, :])
 
 
-def _decode_step(model: Qwen3ForCausalLM, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-    """One token per row (B, 1) -> logits (B, 1, V)."""
-    return model(ids, cache=cache)
+def _decode_step(model: Qwen3ForCausalLM, ids: torch.Tensor, cache: Any, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row (B, 1) -> logits (B, 1, V); ``visible`` (B, 1, K0): see model.forward."""
+    if visible is None:
+        return model(ids, cache=cache)
+    return model(ids, cache=cache, visible=visible)
 
 
 _COMPILED: list[Any] = []

@@ -341,6 +341,7 @@ class Qwen3Model(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See :meth:`Qwen3ForCausalLM.forward`; returns hidden states (B, S, D)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -348,6 +349,8 @@ class Qwen3Model(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, S, D)
         B, S, _ = x.shape
         mask, positions = self._mask_and_positions(attention_mask, cache, B, S, x.device)
+        if visible is not None:
+            mask = self._restrict(mask, visible, cache, S)
         if position_ids is not None:
             positions = position_ids
         cos, sin = self.rotary_emb(positions, x.dtype)  # (B, S, hd) each
@@ -392,6 +395,23 @@ class Qwen3Model(nn.Module):
         mask = (causal & valid[:, None, :]) | (key_pos[None, :] == query_pos[:, None])  # (B, S, K)
         return mask[:, None], positions
 
+    @staticmethod
+    def _restrict(mask: torch.Tensor | None, visible: torch.Tensor, cache: KVCache | None, S: int) -> torch.Tensor:
+        """``mask`` (B, 1, S, K), or None for plain causal, narrowed to the keys ``visible`` (B, S, K0)
+        allows among the first K0 (keys past K0 stay as they were). A query always sees itself."""
+        B, _, K0 = visible.shape
+        if mask is None:  # no cache, no padding: build the causal mask
+            mask = torch.ones(S, S, dtype=torch.bool, device=visible.device).tril().expand(B, 1, S, S)
+        K = mask.shape[-1]
+        if K0 > K:
+            raise ValueError(f"visible covers {K0} keys but there are only {K}")
+        allowed = torch.ones(B, S, K, dtype=torch.bool, device=visible.device)
+        allowed[..., :K0] = visible.bool()
+        first = cache.length if cache is not None else 0  # the keys' slot of the first query
+        query_pos = torch.arange(first, first + S, device=visible.device)  # (S,)
+        allowed |= torch.arange(K, device=visible.device)[None, :] == query_pos[:, None]  # (B, S, K)
+        return mask & allowed[:, None]
+
 
 class Qwen3ForCausalLM(nn.Module):
     """Qwen3 with its language-model head: ``model`` (the stack) and ``lm_head``."""
@@ -424,6 +444,7 @@ class Qwen3ForCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int | None = None,
+        visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for a batch.
 
@@ -433,9 +454,12 @@ class Qwen3ForCausalLM(nn.Module):
         position_ids (B, S): optional; by default each row counts its own real tokens.
         cache: a :class:`KVCache` to read past keys/values from and append these to.
         logits_to_keep: compute logits only for the last n positions (None: all).
+        visible (B, S, K0) bool: optionally, which of the first K0 keys (cache included) each query
+            may see, on top of the causal and padding masks; keys past K0 are not restricted.
+            A captioner uses it to hide video tokens from an event's caption (vcap/windows.py).
         Returns logits (B, S or n, V) in the model's dtype.
         """
-        hidden = self.model(input_ids, inputs_embeds, attention_mask, position_ids, cache)  # (B, S, D)
+        hidden = self.model(input_ids, inputs_embeds, attention_mask, position_ids, cache, visible)  # (B, S, D)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return self.lm_head(hidden)  # (B, S, V)

@@ -119,3 +119,66 @@ def test_moe_layers_follow_sparse_step_and_mlp_only_layers(hf_checkpoints):
     ours_is_moe = [isinstance(layer.mlp, Qwen3SparseMoeBlock) for layer in ours.model.layers]
     assert ours_is_moe == hf_is_moe == [False, True, False, False, False]
     assert all(isinstance(layer.mlp, Qwen3MLP) for layer, moe in zip(ours.model.layers, ours_is_moe) if not moe)
+
+
+# -- restricted attention (``visible``): transformers' own custom 4D mask is the reference ----------
+
+def _hidden_keys(B: int, S: int, seed: int) -> torch.Tensor:
+    """(B, S, S) bool: a random third of each query's earlier keys hidden (never itself)."""
+    g = torch.Generator().manual_seed(seed)
+    visible = torch.rand(B, S, S, generator=g) > 0.33
+    return visible | torch.eye(S, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("name", ["dense_tied_gqa", "moe_norm_topk"])
+def test_visible_keys_match_transformers_4d_mask(hf_checkpoints, name):
+    hf = AutoModelForCausalLM.from_pretrained(hf_checkpoints[name], attn_implementation="sdpa").eval()
+    ours = load_pretrained(hf_checkpoints[name])
+    ids, mask = padded_batch(seed=7, lengths=(14, 9, 14))
+    B, S = ids.shape
+    visible = _hidden_keys(B, S, seed=8)
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    # what transformers receives: causal, padding and the hidden keys in one (B, 1, S, S) bool mask
+    full = (causal & mask.bool()[:, None, :] & visible) | torch.eye(S, dtype=torch.bool)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=full[:, None], position_ids=positions).logits
+        out = ours(ids, attention_mask=mask, visible=visible)
+        plain = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    assert (out - ref).abs()[real].max().item() <= 1e-4
+    assert (out - plain).abs()[real].max().item() > 1e-2  # the hidden keys did change the logits
+
+
+def test_generation_with_visible_keys_matches_transformers(hf_checkpoints):
+    """Every generated token hides the same prompt keys (a different set per row): greedy decoding
+    with the KV cache equals transformers recomputing the whole sequence under a 4D mask."""
+    path = hf_checkpoints["dense_untied_mqa"]
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+    ours = load_pretrained(path)
+    ids, mask = padded_batch(seed=9, lengths=(12, 7, 12))
+    B, S = ids.shape
+    prompt_visible = torch.ones(B, S, dtype=torch.bool)
+    prompt_visible[0, 2:7] = False
+    prompt_visible[1, 6:9] = False
+    prompt_visible[2, 0:4] = False
+    n = 12
+    out = generate(ours, ids, mask, max_new_tokens=n, stop_token_ids=(), pad_token_id=0,
+                   visible=lambda next_ids: prompt_visible)
+    seq, valid = ids, mask
+    with torch.no_grad():
+        for step in range(n):
+            K = seq.shape[1]
+            causal = torch.ones(K, K, dtype=torch.bool).tril()
+            keys = torch.ones(B, K, K, dtype=torch.bool)
+            keys[:, S:, :S] = prompt_visible[:, None, :]  # generated queries (not the prompt's) hide them
+            full = (causal & valid.bool()[:, None, :] & keys) | torch.eye(K, dtype=torch.bool)
+            positions = (valid.cumsum(-1) - 1).clamp(min=0)
+            logits = hf(input_ids=seq, attention_mask=full[:, None], position_ids=positions).logits
+            next_ids = logits[:, -1].argmax(-1)
+            seq = torch.cat([seq, next_ids[:, None]], dim=1)
+            valid = torch.cat([valid, torch.ones(B, 1, dtype=valid.dtype)], dim=1)
+    ref = seq[:, S:]
+    free = generate(ours, ids, mask, max_new_tokens=n, stop_token_ids=(), pad_token_id=0)
+    assert torch.equal(out, ref)
+    assert not torch.equal(out, free)  # hiding the keys changed what was generated
