@@ -82,6 +82,7 @@ class CaptionerConfig:
     adapter: a peft LoRA adapter folder applied to the language model, or None.
     tokenizer: a tokenizer.json (or folder), or None for the language model folder's own
         tokenizer.json if it has one, else the embedded default.
+    event_windows: see vcap/windows.py; captioners saved without it keep captioning as before.
     """
 
     language_model: str = "preset:tiny"
@@ -95,6 +96,9 @@ class CaptionerConfig:
     instructions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
     dense_instructions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DENSE_INSTRUCTIONS))
     max_new_tokens: int = 128
+    # dense captions: an event's caption attends only to the video tokens within the times its
+    # line has just written (vcap/windows.py), in training and captioning alike
+    event_windows: bool = False
     # weights' dtype: auto | float32 | bfloat16 | float16. auto: bfloat16 where the device has it
     # natively (CUDA, CPUs with AVX512-BF16/AMX) else float32 when captioning; for training, the
     # frozen weights in bfloat16 (what is trained stays float32)
@@ -190,6 +194,11 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int | None = None  # optimizer steps between validation losses (None: at the end)
     tensorboard: bool = False
+    # dense samples (with events): the loss weight of their event times and line ends against 1
+    # for caption text, and how far (seconds) each event window's edges move at random in training
+    # (with the captioner's event_windows), as far as the model's own times will be off
+    event_time_weight: float = 1.0
+    event_window_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -212,6 +221,10 @@ class TrainConfig:
         for name in ("max_steps", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 (or null), got {getattr(self, name)}")
+        if self.event_time_weight <= 0:
+            raise ConfigError(f"train.event_time_weight must be > 0, got {self.event_time_weight}")
+        if self.event_window_jitter < 0:
+            raise ConfigError(f"train.event_window_jitter must be >= 0 seconds, got {self.event_window_jitter}")
         if self.qlora and self.stage != "lora":
             raise ConfigError("train.qlora needs train.stage: lora (4-bit base weights cannot be trained)")
         if self.fsdp and self.qlora:

@@ -54,6 +54,8 @@ def identity_dict(config: Any) -> dict[str, Any]:
             data["frames"].pop(key, None)
     if data.get("dense_instructions", DEFAULT_DENSE_INSTRUCTIONS) == DEFAULT_DENSE_INSTRUCTIONS:
         data.pop("dense_instructions", None)
+    if not data.get("event_windows", False):
+        data.pop("event_windows", None)
     return data
 
 

@@ -55,7 +55,20 @@ def events_text(events: list[dict[str, Any]]) -> str:
     return "\n".join(f"{clock(e['start'])} - {clock(e['end'])}: {e['caption']}" for e in events)
 
 
-_LINE = re.compile(r"^(\d+):([0-5]\d\.\d) - (\d+):([0-5]\d\.\d): (\S.*)$")
+_TIMES = r"(\d+):([0-5]\d\.\d) - (\d+):([0-5]\d\.\d):"  # a line's 'm:ss.s - m:ss.s:'
+_LINE = re.compile(rf"^{_TIMES} (\S.*)$")
+_LINE_START = re.compile(rf"^{_TIMES}")
+
+
+def line_times(line: str) -> tuple[float, float] | None:
+    """The (start, end) seconds a line being written opens with (``0:03.4 - 0:06.2:``), once its
+    times are complete; None before that, or when the line does not open so or start >= end."""
+    match = _LINE_START.match(line.lstrip())
+    if match is None:
+        return None
+    m0, s0, m1, s1 = match.groups()
+    start, end = int(m0) * 60 + float(s0), int(m1) * 60 + float(s1)
+    return (start, end) if start < end else None
 
 
 @dataclass

@@ -33,17 +33,16 @@ from torch import nn
 from qwen3_backbone import Qwen3ForCausalLM
 from qwen3_backbone.chat import thinking_budget
 from qwen3_backbone.generate import generate
-from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
+from qwen3_backbone.tokenizer import Qwen3Tokenizer
 
 from .config import CaptionerConfig
 from .events import parse_events
 from .generation import GenerationOptions
 from .loss import linear_cross_entropy
-from .processor import VideoInput, VideoLayout, VideoProcessor, frames_within
+from .processor import VIDEO_PAD_ID, VideoInput, VideoLayout, VideoProcessor, frames_within, group_times
 from .video import Frames
 from .vision import VisionEncoder
-
-VIDEO_PAD_ID = SPECIAL_TOKENS["<|video_pad|>"][0]
+from .windows import VideoKeys, WindowedDecoding
 
 
 @dataclass
@@ -133,6 +132,10 @@ class VideoCaptioner(nn.Module):
         times = list(timestamps) if self.config.frames.timestamps == "text" else None
         return VideoLayout.of(self.num_video_tokens(T), self.projector.temporal_groups(T), times)
 
+    def group_times(self, timestamps: Sequence[float]) -> list[float]:
+        """The time of each temporal group of a video sampled at ``timestamps``: its frames' mean."""
+        return group_times(self.projector.temporal_groups(len(timestamps)), timestamps)
+
     @torch.no_grad()
     def encode(self, videos: Sequence[torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
         """uint8 frames per video [(T_i, H_i, W_i, 3)] -> vision features [(T_i, P, Dv)], one forward."""
@@ -178,9 +181,17 @@ class VideoCaptioner(nn.Module):
         return ids, mask, embeds, instruction
 
     def generate(self, ids: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor, options: GenerationOptions,
-                 stream: bool = False) -> torch.Tensor | Iterator[torch.Tensor]:
+                 stream: bool = False, timestamps: Sequence[Sequence[float]] | None = None,
+                 ) -> torch.Tensor | Iterator[torch.Tensor]:
         """The one call into qwen3_backbone.generate that every captioning path makes: new ids
-        (B, n), or with ``stream`` an iterator of (B,) steps."""
+        (B, n), or with ``stream`` an iterator of (B,) steps. ``timestamps``: each row's frame
+        times, which ``event_windows`` needs."""
+        visible = None
+        if self.config.event_windows:
+            if timestamps is None:
+                raise ValueError("a captioner with event_windows needs each row's frame timestamps to generate")
+            keys = [VideoKeys.of(row, self.group_times(times)) for row, times in zip(ids.cpu().numpy(), timestamps)]
+            visible = WindowedDecoding(self.tokenizer, keys, ids.shape[1])
         budget = None
         if options.thinking and options.thinking_budget is not None:
             budget = thinking_budget(self.tokenizer, options.thinking_budget)
@@ -189,7 +200,7 @@ class VideoCaptioner(nn.Module):
             max_new_tokens=options.max_new_tokens or self.config.max_new_tokens,
             sampling=options.sampling_config(), seed=options.seed,
             stop_token_ids=(self.tokenizer.eos_id, self.tokenizer.pad_id),
-            pad_token_id=self.tokenizer.pad_id, thinking_budget=budget, stream=stream,
+            pad_token_id=self.tokenizer.pad_id, thinking_budget=budget, stream=stream, visible=visible,
         )
 
     # -- captioning ---------------------------------------------------------------------------------
@@ -219,7 +230,7 @@ class VideoCaptioner(nn.Module):
         t0 = time.perf_counter()
         ids, mask, embeds, instruction = self.prepare(clips, options, features)
         t1 = time.perf_counter()
-        out = self.generate(ids, mask, embeds, options)
+        out = self.generate(ids, mask, embeds, options, timestamps=[c.timestamps for c in clips])
         t2 = time.perf_counter()
         results = []
         for i, clip in enumerate(clips):
@@ -241,9 +252,10 @@ class VideoCaptioner(nn.Module):
                        **option_changes: Any) -> Iterator[CaptionEvent]:
         """Caption one video, yielding the text as it is generated (thinking first, if on)."""
         options = GenerationOptions.of(options, **option_changes)
-        ids, mask, embeds, _ = self.prepare([self.read(video)], options)
+        clip = self.read(video)
+        ids, mask, embeds, _ = self.prepare([clip], options)
         splitter = self.processor.splitter(options.thinking)  # the rule caption() uses
-        for step in self.generate(ids, mask, embeds, options, stream=True):
+        for step in self.generate(ids, mask, embeds, options, stream=True, timestamps=[clip.timestamps]):
             for kind, text in splitter.push(int(step[0])):
                 yield CaptionEvent("thinking" if kind == "thinking" else "caption", text)
             if splitter.done:
@@ -258,19 +270,24 @@ class VideoCaptioner(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        visible: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean cross-entropy over the target tokens.
+        """Mean cross-entropy over the target tokens (weighted by ``loss_weights`` if given).
 
         video_features: per sample (T_i, P, Dv) frozen vision features (all None: text-only).
         input_ids, attention_mask, labels (B, S): right- or left-padded; labels hold the next
             token to predict at each position, -100 where there is no target.
+        visible (B, S, S) bool: optionally, the keys each query may see (event windows, vcap/windows.py).
+        loss_weights (B, S): optionally, each target's weight in the mean (vcap.train.loss_weights).
         """
         if all(f is None for f in video_features):  # text-only samples
             embeds = self.backbone.model.embed_tokens(input_ids)
         else:
             videos = [self.project(f[None])[0] for f in video_features]  # [(N_i, D)]
             embeds = self.splice(input_ids, videos)
-        hidden = self.backbone.model(inputs_embeds=embeds, attention_mask=attention_mask)  # (B, S, D)
+        hidden = self.backbone.model(inputs_embeds=embeds, attention_mask=attention_mask, visible=visible)  # (B, S, D)
         target = labels != -100  # (B, S)
         # (M, D) -> mean -log p over the M targets; the (M, V) logits only ever a chunk at a time
-        return linear_cross_entropy(hidden[target], self.backbone.lm_head.weight, labels[target])
+        weights = None if loss_weights is None else loss_weights[target]
+        return linear_cross_entropy(hidden[target], self.backbone.lm_head.weight, labels[target], weights=weights)

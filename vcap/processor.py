@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from qwen3_backbone.chat import ThinkingSplitter, split_ids, tokenize, video_message
-from qwen3_backbone.tokenizer import Qwen3Tokenizer
+from qwen3_backbone.tokenizer import SPECIAL_TOKENS, Qwen3Tokenizer
 
 from .config import CaptionerConfig, FramesConfig
 from .video import Frames, VideoInfo, read_frames
+
+VIDEO_PAD_ID = SPECIAL_TOKENS["<|video_pad|>"][0]  # a video token's place in a prompt
 
 VideoInput = str | os.PathLike | Frames | np.ndarray | torch.Tensor
 
@@ -52,7 +54,12 @@ class VideoLayout:
         if timestamps is None:
             return cls(num_tokens)
         per = num_tokens // len(frame_groups)
-        return cls(num_tokens, tuple((time_label(sum(timestamps[t] for t in g) / len(g)), per) for g in frame_groups))
+        return cls(num_tokens, tuple((time_label(t), per) for t in group_times(frame_groups, timestamps)))
+
+
+def group_times(frame_groups: Sequence[range], timestamps: Sequence[float]) -> list[float]:
+    """Each temporal group's time: the mean time (seconds) of its frames."""
+    return [sum(timestamps[t] for t in g) / len(g) for g in frame_groups]
 
 
 def frames_within(budget: int | None, tokens_for: Callable[[int], int]) -> int | None:

@@ -523,7 +523,7 @@ def test_the_resume_key_of_earlier_outputs_still_matches():
 
 def test_the_model_id_of_an_existing_captioner_does_not_change():
     """Settings added to captioner.json later (frames.timestamps, .min_frames, .token_budget,
-    dense_instructions) leave, at their
+    dense_instructions, event_windows) leave, at their
     defaults, the model id earlier outputs were written with: their resume still skips what is done.
     The expected id was computed with the code before those settings existed (commit 0aa353d)."""
     import types
@@ -535,3 +535,5 @@ def test_the_model_id_of_an_existing_captioner_does_not_change():
     assert model_id(types.SimpleNamespace(config=config, sources=()), "captioner") == "captioner@0e8474c42269"
     timed = CaptionerConfig(language_model="preset:mini", frames=FramesConfig(num_frames=4, size=64, timestamps="text"))
     assert model_id(types.SimpleNamespace(config=timed, sources=()), "captioner") != "captioner@0e8474c42269"
+    windowed = CaptionerConfig(language_model="preset:mini", frames=FramesConfig(num_frames=4, size=64), event_windows=True)
+    assert model_id(types.SimpleNamespace(config=windowed, sources=()), "captioner") != "captioner@0e8474c42269"
