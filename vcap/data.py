@@ -38,6 +38,7 @@ from .errors import UsageError
 from .events import check_events
 from .features import FeatureCache, encoder_fingerprint, extract_features
 from .processor import VideoLayout
+from .windows import caption_runs, event_time_queries, training_windows, visibility
 
 log = logging.getLogger("vcap.train")
 
@@ -164,6 +165,8 @@ def chat_messages(sample: Sample, video: VideoLayout | None, system_prompt: str 
     out: text-only training)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for i, (question, answer) in enumerate(sample.turns):
+        if "events" in sample.extra:  # every event line ends with a newline, the last one too: on
+            answer += "\n"           # it the model says whether another event follows (vcap/windows.py)
         if i == 0 and video is not None:
             user = video_message(video.num_tokens, question, video.groups)
         else:
@@ -181,34 +184,54 @@ def tokenize_sample(tokenizer, sample: Sample, video: VideoLayout | None,
 
 
 def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a batch of {"features", "input_ids", "labels"} into tensors."""
+    """Right-pad a batch of {"features", "input_ids", "labels"} (and optionally a dense sample's
+    "windows" and "event_times", see vcap/windows.py) into tensors."""
     S = max(len(item["input_ids"]) for item in items)
     B = len(items)
     input_ids = torch.full((B, S), pad_id, dtype=torch.long)
     labels = torch.full((B, S), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros(B, S, dtype=torch.long)
+    event_times = torch.zeros(B, S, dtype=torch.bool)
     for row, item in enumerate(items):
         n = len(item["input_ids"])
         input_ids[row, :n] = torch.tensor(item["input_ids"])
         labels[row, :n] = torch.tensor(item["labels"])
         attention_mask[row, :n] = 1
+        event_times[row, torch.from_numpy(item.get("event_times", np.zeros(0, dtype=np.int64)))] = True
     return {
         "video_features": [item["features"] for item in items],  # None for text-only samples
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
+        "visible": visibility([item.get("windows", []) for item in items], S),  # None without event windows
+        "event_times": event_times if event_times.any() else None,  # targets that are event times (B, S)
     }
+
+
+@dataclass(frozen=True)
+class DenseOptions:
+    """How dense samples (with events) are trained: ``window_jitter`` seconds of random movement of
+    each event window's edges (vcap/windows.py); ``seed`` fixes it per sample."""
+
+    window_jitter: float = 0.0
+    seed: int = 0
 
 
 class CaptionDataset(torch.utils.data.Dataset):
     """Tokenized samples; each item's vision features are read from the feature store when the item
     is (so memory follows the batch, not the dataset). Samples whose video has no stored features
-    (it could not be read) are left out. ``cache=None``: a text-only dataset (no video in the prompt)."""
+    (it could not be read) are left out. ``cache=None``: a text-only dataset (no video in the prompt).
 
-    def __init__(self, samples: Sequence[Sample], cache: FeatureCache | None, captioner) -> None:
+    A sample with events also carries its event windows (with the captioner's ``event_windows``)
+    and which of its targets are event times (vcap/windows.py)."""
+
+    def __init__(self, samples: Sequence[Sample], cache: FeatureCache | None, captioner,
+                 dense: DenseOptions = DenseOptions()) -> None:
         self.cache = cache
         self.samples: list[Sample] = []
         self.tokens: list[tuple[np.ndarray, np.ndarray]] = []  # (input_ids, labels) as int32
+        self.windows: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per sample: vcap.windows.training_windows
+        self.event_times: list[np.ndarray] = []  # per sample: vcap.windows.event_time_queries
         for sample in samples:
             times = cache.timestamps(sample.video) if cache is not None else []
             if times is None:  # no stored features (the video could not be read)
@@ -217,6 +240,16 @@ class CaptionDataset(torch.utils.data.Dataset):
             ids, labels = tokenize_sample(captioner.tokenizer, sample, video, captioner.config.system_prompt)
             self.tokens.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
             self.samples.append(sample)
+            windows, event_times = [], np.zeros(0, dtype=np.int64)
+            if "events" in sample.extra:
+                trained = [False] + [label != IGNORE_INDEX for label in labels[:-1]]  # ids[j] is a target
+                runs = caption_runs(captioner.tokenizer, ids, trained)
+                event_times = event_time_queries(labels, runs)
+                if captioner.config.event_windows and times:
+                    rng = np.random.default_rng([dense.seed, len(self.samples)])
+                    windows = training_windows(runs, ids, captioner.group_times(times), dense.window_jitter, rng)
+            self.windows.append(windows)
+            self.event_times.append(event_times)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -224,7 +257,8 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         ids, labels = self.tokens[index]
         features = self.cache.get(self.samples[index].video) if self.cache is not None else None
-        return {"features": features, "input_ids": ids, "labels": labels}
+        return {"features": features, "input_ids": ids, "labels": labels, "windows": self.windows[index],
+                "event_times": self.event_times[index]}
 
 
 # -- a run's datasets and batches -------------------------------------------------------------------------
@@ -248,7 +282,8 @@ def build_datasets(cfg: RunConfig, captioner, progress: bool, rank: int = 0, wor
                                                   device=device).items():
             log.warning("skipped unreadable video %s: %s", video, reason)
         barrier()
-    train_set = CaptionDataset(train_samples, cache, captioner)
+    train_set = CaptionDataset(train_samples, cache, captioner,
+                               DenseOptions(cfg.train.event_window_jitter, cfg.train.seed))
     val_set = CaptionDataset(val_samples, cache, captioner) if val_samples else None
     skipped = len(train_samples) - len(train_set) + (len(val_samples) - len(val_set) if val_set else 0)
     log.info("%straining samples: %d (%d skipped: their video could not be read); validation samples: %d",

@@ -11,7 +11,8 @@ softmax - one-hot. Backward then only scales what forward stored. This is Liger-
 linear cross-entropy" written in plain torch; under autocast the chunk's matmuls run in bfloat16
 while the softmax stays float32.
 
-The loss and gradients equal ``F.cross_entropy(hidden @ weight.T, targets)`` (tests/vcap/test_loss.py).
+The loss and gradients equal ``F.cross_entropy(hidden @ weight.T, targets)`` (tests/vcap/test_loss.py);
+with per-target ``weights``, its weighted mean (sum of w_i x loss_i over the sum of w_i).
 """
 
 from __future__ import annotations
@@ -22,23 +23,26 @@ CHUNK_TOKENS = 256  # target tokens scored at once: 256 x 151,936 float32 logits
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+                         chunk: int = CHUNK_TOKENS, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``.
 
     hidden (M, H): the hidden states at the target positions; weight (V, H): the head's weight;
-    targets (M,): the token ids to predict."""
+    targets (M,): the token ids to predict; weights (M,): optionally, each target's weight in the
+    mean (a weighted mean)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        total = _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+        total = _LinearCrossEntropy.apply(hidden, weight, targets, chunk, weights)
     else:
-        total = _score(hidden, weight, targets, chunk, want_hidden=False, want_weight=False)[0]
-    return total / max(len(targets), 1)
+        total = _score(hidden, weight, targets, chunk, weights, want_hidden=False, want_weight=False)[0]
+    if weights is None:
+        return total / max(len(targets), 1)
+    return total / weights.sum().clamp(min=1e-12)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):  # grad mode is off in here
-        total, grad_hidden, grad_weight = _score(hidden, weight, targets, chunk, want_hidden=ctx.needs_input_grad[0],
-                                                 want_weight=ctx.needs_input_grad[1])
+    def forward(ctx, hidden, weight, targets, chunk, weights):  # grad mode is off in here
+        total, grad_hidden, grad_weight = _score(hidden, weight, targets, chunk, weights,
+                                                 want_hidden=ctx.needs_input_grad[0], want_weight=ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
@@ -46,12 +50,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
-                None if grad_weight is None else grad_weight * grad_total.to(grad_weight.dtype), None, None)
+                None if grad_weight is None else grad_weight * grad_total.to(grad_weight.dtype), None, None, None)
 
 
-def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, *, want_hidden: bool,
+def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+           weights: torch.Tensor | None, *, want_hidden: bool,
            want_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(sum of -log p(target), d sum / d hidden or None, d sum / d weight or None), chunk by chunk."""
+    """(sum of -log p(target), each weighted by ``weights`` if given; d sum / d hidden or None;
+    d sum / d weight or None), chunk by chunk."""
     exact = torch.promote_types(hidden.dtype, torch.float32)  # the softmax's dtype: float32 (float64 stays)
     total = torch.zeros((), dtype=exact, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if want_hidden else None
@@ -65,11 +71,15 @@ def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ch
         logits = (h @ w.T).to(exact)  # (c, V); a bfloat16 matmul under autocast
         log_probs = torch.log_softmax(logits, dim=-1)  # row by row: each row's pass stays in cache
         del logits
-        total -= log_probs.gather(1, y[:, None]).sum()
+        picked = log_probs.gather(1, y[:, None])[:, 0]  # (c,)
+        row_weight = None if weights is None else weights[start:start + chunk].to(exact)[:, None]  # (c, 1)
+        total -= picked.sum() if row_weight is None else (picked * row_weight[:, 0]).sum()
         if not (want_hidden or want_weight):
             continue
         grad_logits = log_probs.exp_()  # the softmax, in place
         grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # d loss / d logits = softmax - one-hot
+        if row_weight is not None:
+            grad_logits *= row_weight
         grad_logits = grad_logits.to(matmul_dtype)
         if grad_hidden is not None:
             grad_hidden[start:start + chunk] = grad_logits @ w  # (c, H)

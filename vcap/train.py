@@ -232,7 +232,8 @@ def train_step(run: Run, micro_batches: Sequence[list[dict[str, Any]]]) -> float
         batch = _on_device(collate(items, run.captioner.tokenizer.pad_id), accelerator.device)
         last = i == len(micro_batches) - 1
         with autocast(t.precision, accelerator.device), no_sync(run, last):
-            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                             visible=batch["visible"], loss_weights=loss_weights(batch, t.event_time_weight))
             run.scaler.scale(loss / t.grad_accum).backward()
         total += float(loss.detach()) * len(items)
         count += len(items)
@@ -279,7 +280,8 @@ def evaluate_loss(run: Run, dataset) -> float:
         items = [dataset[i] for i in mine[start : start + batch_size]]
         batch = _on_device(collate(items, run.captioner.tokenizer.pad_id), accelerator.device)
         with autocast(run.cfg.train.precision, accelerator.device):
-            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = run.model(batch["video_features"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                             visible=batch["visible"])  # the plain mean, comparable across runs
         total += torch.tensor([float(loss) * len(items), len(items)], dtype=torch.float64, device=total.device)
     run.model.train()
     total = accelerator.reduce(total, reduction="sum") if accelerator.num_processes > 1 else total
@@ -299,6 +301,14 @@ def autocast(precision: str, device: torch.device):
     if precision == "no":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def loss_weights(batch: dict[str, Any], event_time_weight: float) -> torch.Tensor | None:
+    """Each target's loss weight (B, S): ``event_time_weight`` for a dense sample's event times
+    (``batch["event_times"]``), 1 for the rest; None when all are 1."""
+    if event_time_weight == 1.0 or batch["event_times"] is None:
+        return None
+    return 1.0 + (event_time_weight - 1.0) * batch["event_times"].float()
 
 
 def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -15,17 +15,24 @@ def reference(hidden, weight, targets):
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("train_weight", [False, True])
-def test_loss_and_gradients_match_cross_entropy(chunk, train_weight):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_gradients_match_cross_entropy(chunk, train_weight, weighted):
+    """Against F.cross_entropy; with per-target weights, against its weighted mean."""
     torch.manual_seed(0)
     hidden = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(300, 16, dtype=torch.float64, requires_grad=train_weight)
     targets = torch.randint(0, 300, (50,))
-    ours = linear_cross_entropy(hidden, weight, targets, chunk=chunk)
+    weights = torch.where(torch.rand(50) < 0.3, 3.0, 1.0).double() if weighted else None
+    ours = linear_cross_entropy(hidden, weight, targets, chunk=chunk, weights=weights)
     (ours * 3).backward()  # an upstream gradient other than 1 reaches both inputs
     grads = hidden.grad.clone(), weight.grad.clone() if train_weight else None
     hidden.grad = None
     weight.grad = None
-    theirs = reference(hidden, weight, targets)
+    if weighted:
+        theirs = (F.cross_entropy(hidden @ weight.T, targets, reduction="none") * weights).sum() / weights.sum()
+        assert not torch.allclose(theirs, reference(hidden, weight, targets))  # the weights count
+    else:
+        theirs = reference(hidden, weight, targets)
     (theirs * 3).backward()
     assert torch.allclose(ours, theirs, rtol=1e-10)
     assert torch.allclose(grads[0], hidden.grad, rtol=1e-8, atol=1e-12)
