@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_TOKENS = 256  # target tokens scored at once: 256 x 151,936 float32 logits = 156 MB
+CHUNK_TOKENS = 128  # target tokens scored at once: 128 x 151,936 float32 logits = 78 MB
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -57,7 +57,11 @@ def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ch
            weights: torch.Tensor | None, *, want_hidden: bool,
            want_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(sum of -log p(target), each weighted by ``weights`` if given; d sum / d hidden or None;
-    d sum / d weight or None), chunk by chunk."""
+    d sum / d weight or None), chunk by chunk.
+
+    Every chunk's logits are written into one buffer and turned into the softmax in place: on CPU,
+    a fresh (chunk x vocabulary) tensor per chunk costs more in first-touched pages than the
+    matmul that fills it (docs/benchmarks.md, "The loss on CPU")."""
     exact = torch.promote_types(hidden.dtype, torch.float32)  # the softmax's dtype: float32 (float64 stays)
     total = torch.zeros((), dtype=exact, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if want_hidden else None
@@ -66,21 +70,28 @@ def _score(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ch
     matmul_dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                     else torch.promote_types(hidden.dtype, weight.dtype))
     w = weight.to(matmul_dtype)  # cast once, not per chunk
+    buffer = torch.empty(min(chunk, len(targets)), len(weight), dtype=exact, device=hidden.device)  # (c, V)
     for start in range(0, len(targets), chunk):
         h, y = hidden[start:start + chunk].to(matmul_dtype), targets[start:start + chunk]
-        logits = (h @ w.T).to(exact)  # (c, V); a bfloat16 matmul under autocast
-        log_probs = torch.log_softmax(logits, dim=-1)  # row by row: each row's pass stays in cache
-        del logits
-        picked = log_probs.gather(1, y[:, None])[:, 0]  # (c,)
-        row_weight = None if weights is None else weights[start:start + chunk].to(exact)[:, None]  # (c, 1)
-        total -= picked.sum() if row_weight is None else (picked * row_weight[:, 0]).sum()
+        probs = buffer[:len(y)]
+        if matmul_dtype == exact:
+            torch.matmul(h, w.T, out=probs)  # (c, V) logits
+        else:
+            probs.copy_(h @ w.T)  # a bfloat16 matmul under autocast, its logits in float32
+        probs -= probs.amax(dim=1, keepdim=True)  # each row's largest logit at 0: exp cannot overflow
+        picked = probs.gather(1, y[:, None])[:, 0]  # (c,) the targets' logits, shifted
+        probs.exp_()
+        sums = probs.sum(dim=1)  # (c,)
+        log_p = picked - sums.log()  # (c,) log softmax at the targets
+        row_weight = None if weights is None else weights[start:start + chunk].to(exact)  # (c,)
+        total -= log_p.sum() if row_weight is None else (log_p * row_weight).sum()
         if not (want_hidden or want_weight):
             continue
-        grad_logits = log_probs.exp_()  # the softmax, in place
-        grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # d loss / d logits = softmax - one-hot
+        probs /= sums[:, None]  # the softmax
+        probs[torch.arange(len(y), device=y.device), y] -= 1.0  # d loss / d logits = softmax - one-hot
         if row_weight is not None:
-            grad_logits *= row_weight
-        grad_logits = grad_logits.to(matmul_dtype)
+            probs *= row_weight[:, None]
+        grad_logits = probs.to(matmul_dtype)
         if grad_hidden is not None:
             grad_hidden[start:start + chunk] = grad_logits @ w  # (c, H)
         if grad_weight is not None:
