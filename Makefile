@@ -32,7 +32,7 @@ test-gpu: install
 quickstart: install
 	$(BIN)/vcap quickstart
 
-# the quickstart with the dense-caption task too (runs/quickstart-dense; see the README: it misses its targets)
+# the quickstart with the dense-caption task too (runs/quickstart-dense; see the README: it meets its targets in two runs of three)
 quickstart-dense: install
 	$(BIN)/vcap quickstart --dense
 

@@ -200,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attribute accuracy to reach, and with --dense F1@0.5 and event attribute accuracy "
                              "(default 0.9)")
     parser.add_argument("--dense", action="store_true",
-                        help="also train and score dense captions on multi-event clips (stage 3; about 9 more minutes on 2 cores)")
+                        help="also train and score dense captions on multi-event clips (stage 3; about 8 more minutes on 2 cores)")
     parser.add_argument("--timestamps", choices=["text", "none"],
                         help="frames.timestamps of every stage that reads frames (default: the configs' 'text'); "
                              "'none' is the ablation")
