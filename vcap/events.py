@@ -58,6 +58,14 @@ def events_text(events: list[dict[str, Any]]) -> str:
 _TIMES = r"(\d+):([0-5]\d\.\d) - (\d+):([0-5]\d\.\d):"  # a line's 'm:ss.s - m:ss.s:'
 _LINE = re.compile(rf"^{_TIMES} (\S.*)$")
 _LINE_START = re.compile(rf"^{_TIMES}")
+_START = re.compile(r"^(\d+):([0-5]\d\.\d)")  # a line's first time
+
+
+def line_start(line: str) -> float | None:
+    """The start (seconds) a line being written opens with (``0:03.4``), once it is complete (its
+    tenths written); None before that, or when the line does not open with a time."""
+    match = _START.match(line.lstrip())
+    return None if match is None else int(match.group(1)) * 60 + float(match.group(2))
 
 
 def line_times(line: str) -> tuple[float, float] | None:

@@ -1,31 +1,42 @@
-"""Event windows: while a dense caption writes an event, the event's caption sees only its own frames.
+"""Event windows: while a dense caption writes an event, each token sees only the frames it needs.
 
-A dense caption lists events one per line, ``m:ss.s - m:ss.s: caption`` (vcap/events.py). With
-``event_windows: true`` in the captioner's config, the tokens of an event's caption (from the
-colon after its times to the end of its line) attend to the video tokens of the frames within
-those times and to no other video token; the times themselves, and all other text, see the whole
-video. Training takes the windows from the reference text, captioning from the times the model
-has just written, by the one rule of :class:`LineWindows`, so the two agree token for token.
+A dense caption lists events one per line, ``m:ss.s - m:ss.s: caption`` (vcap/events.py), in
+order of start. With ``event_windows: true`` in the captioner's config:
+
+- the tokens of an event's caption (from the colon after its times to the end of its line)
+  attend to the video tokens of the frames within those times and to no other video token;
+- once a line's start is written, the tokens that write the times (its end, the next line's
+  start) attend only to the frames after that start's first frame: nothing written after a start
+  begins before it, and what they look for is the next change. The start's own first frame is
+  left out too, since its difference to the frame before it (the projector's
+  ``frame_difference``) shows the change just passed;
+- a line's end (its newline), which decides whether another event follows, and the text before
+  the first start see the whole video.
+
+Training takes the windows from the reference text, captioning from the text the model has just
+written, by the one rule of :class:`LineWindows`, so the two agree token for token.
 
 A caption's last token sees only its event, so it cannot know whether another event follows:
 every line of a dense answer therefore ends with a newline, the last one too (vcap/data.py), and
-the model says on that newline, which sees the whole video, whether to write another event or stop.
+the model says on that newline whether to write another event or stop.
 
-Why: written against every frame, an event's caption reads the next event's look into its own
-(docs/benchmarks.md, "Event windows").
+Why: written against every frame, an event's caption reads the next event's look into its own,
+and a time finds the first change of the clip more easily than the one after it
+(docs/benchmarks.md, "Event windows" and "Times that look forward").
 
 Shapes: N video tokens in a prompt, S prompt (or sample) length, B rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .events import line_times
+from .events import line_start, line_times
 from .processor import VIDEO_PAD_ID
 
 _EPS = 1e-6  # a frame exactly on an event's edge is inside it
@@ -49,41 +60,55 @@ class VideoKeys:
         return cls(positions, times)
 
     def hidden(self, window: tuple[float, float]) -> np.ndarray:
-        """The positions of the video tokens an event at ``window`` (start, end) does not see: all
-        but those of the groups whose time is within it, or, when none is, of the group nearest its
-        middle (a window shorter than the gap between two frames still sees one)."""
+        """The positions of the video tokens a ``window`` (start, end) does not see.
+
+        An event's window (finite end) sees the groups whose time is within it or, when none is,
+        the group nearest its middle (a window shorter than the gap between two frames still sees
+        one). A time's window, (start, inf), sees the groups after the first one at or after its
+        start (or that one, when it is the last; or the last group, when none is after the start)."""
         start, end = window
         inside = (self.times >= start - _EPS) & (self.times <= end + _EPS)
+        if math.isinf(end) and inside.any():  # a time's window: not the start's own first frame
+            later = inside & (self.times > self.times[inside].min() + _EPS)
+            inside = later if later.any() else inside
         if not inside.any():
-            distance = np.abs(self.times - (start + end) / 2)
+            distance = np.abs(self.times - (start if math.isinf(end) else (start + end) / 2))
             inside = distance <= distance.min() + _EPS
         return self.positions[~inside]
 
 
 class LineWindows:
-    """Token by token, the window of the text being written: an event line's (start, end) from the
-    token that completes its ``m:ss.s - m:ss.s:`` until the line ends; None for every other token
-    (the times themselves, a line's end, text that is not an event)."""
+    """Token by token, the window of the text being written (the rule of the module docstring):
+    an event's caption, from the token that completes its line's ``m:ss.s - m:ss.s:`` until the
+    line ends, gets (start, end); once a line's start is written, the other tokens of the answer
+    get (that start, inf), a line's end excepted; the rest (a newline, text before the first start
+    or that is not an event) gets None, the whole video."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.line = b""  # the line so far, as bytes (a character may still be incomplete)
-        self.window: tuple[float, float] | None = None
+        self.caption: tuple[float, float] | None = None  # the line's (start, end), once read
+        self.times: tuple[float, float] | None = None  # (the latest start written, inf)
 
     def push(self, token: int) -> tuple[float, float] | None:
         piece = self.tokenizer.token_bytes(token)  # cached per id: no decoding on the decode path
-        if b"\n" in piece:  # a line's end looks for the next event: no window
-            self.line, self.window = b"", None
+        if b"\n" in piece:  # a line's end decides whether another event follows: the whole video
+            self.line, self.caption = b"", None
             return None
-        if self.window is None:  # once a line's times are read, its window holds until its end
+        if self.caption is None:  # once a line's times are read, its window holds until its end
             self.line += piece
-            self.window = line_times(self.line.decode("utf-8", errors="replace"))
-        return self.window
+            text = self.line.decode("utf-8", errors="replace")
+            self.caption = line_times(text)
+            start = line_start(text)
+            if start is not None:
+                self.times = (start, math.inf)
+        return self.caption or self.times
 
 
 def caption_runs(tokenizer, input_ids: Sequence[int], trained: Sequence[bool]) -> list[tuple[np.ndarray, tuple[float, float]]]:
-    """The event captions of a tokenized sample's trained text: (query positions, (start, end))
-    per caption, the query at position j being the token ``input_ids[j]`` (:class:`LineWindows`)."""
+    """The windows of a tokenized sample's trained text: (query positions, (start, end)) per run
+    of tokens with one window (:class:`LineWindows`; an event's caption, or the times after a
+    start with end inf), the query at position j being the token ``input_ids[j]``."""
     lines = LineWindows(tokenizer)
     runs: list[tuple[list[int], tuple[float, float]]] = []
     for j, (token, is_trained) in enumerate(zip(input_ids, trained)):
@@ -98,16 +123,17 @@ def caption_runs(tokenizer, input_ids: Sequence[int], trained: Sequence[bool]) -
 def training_windows(runs: Sequence[tuple[np.ndarray, tuple[float, float]]], input_ids: Sequence[int],
                      group_times: Sequence[float], jitter: float = 0.0,
                      rng: np.random.Generator | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(query positions, hidden key positions) per caption of :func:`caption_runs`. ``jitter``
-    (seconds): each window's edges are moved by up to that much at random (``rng``), so that the
-    model learns to caption from windows as far off as its own times will be."""
+    """(query positions, hidden key positions) per run of :func:`caption_runs`. ``jitter``
+    (seconds): each caption's window edges are moved by up to that much at random (``rng``), so
+    that the model learns to caption from windows as far off as its own times will be; the times'
+    windows are not moved."""
     if not group_times or not runs:
         return []
     keys = VideoKeys.of(input_ids, group_times)
     rng = rng if rng is not None else np.random.default_rng()
     out = []
     for queries, (start, end) in runs:
-        if jitter > 0:
+        if jitter > 0 and math.isfinite(end):  # a caption's window
             moved = start + rng.uniform(-jitter, jitter), end + rng.uniform(-jitter, jitter)
             start, end = moved if moved[0] < moved[1] else (start, end)
         out.append((queries, keys.hidden((start, end))))
@@ -120,8 +146,8 @@ def event_time_queries(labels: Sequence[int], runs: Sequence[tuple[np.ndarray, t
     and, on the token after a caption, whether another event follows (``train.event_time_weight``
     weighs their loss)."""
     captions = np.zeros(len(labels), dtype=bool)
-    for queries, _ in runs:
-        captions[queries] = True
+    for queries, (_, end) in runs:
+        captions[queries] = math.isfinite(end)
     return np.flatnonzero((np.asarray(labels) != ignore_index) & ~captions)
 
 

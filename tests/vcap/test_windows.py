@@ -4,6 +4,8 @@ the same keys at every token."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -30,33 +32,52 @@ def _sample(tokenizer, answer=ANSWER):
     return tokenize(tokenizer, [video_message(6, "Describe the events.", groups), {"role": "assistant", "content": answer}])
 
 
-def test_only_an_event_s_caption_gets_its_window(tokenizer):
+def test_captions_get_their_times_and_the_times_look_forward_from_the_latest_start(tokenizer):
+    from itertools import groupby
+
     lines = LineWindows(tokenizer)
-    pieces = []
-    for token in tokenizer.encode(ANSWER):
-        window = lines.push(token)
-        pieces.append((token, window))
-    windowed = tokenizer.decode([token for token, window in pieces if window is not None])
-    assert windowed == ": 빨간 원 두 개가 왼쪽으로 움직입니다: a blue square moves up: x."
-    # the times and each line's end see everything; each caption its own line's times
-    assert {w for _, w in pieces if w is not None} == {(0.0, 2.3), (2.3, 4.1), (4.1, 6.0)}
-    assert all(window is None for _, window in pieces[:5])
-    assert tokenizer.decode([token for token, _ in pieces[:5]]).startswith("0:00")
+    pieces = [(token, lines.push(token)) for token in tokenizer.encode(ANSWER)]
+    runs = [(window, tokenizer.decode([token for token, _ in run])) for window, run in groupby(pieces, key=lambda p: p[1])]
+    inf = math.inf
+    assert runs == [
+        (None, "0:00."),  # the first start sees the whole video
+        ((0.0, inf), "0 - 0:02.3"),  # from its last digit on, the times look from it on
+        ((0.0, 2.3), ": 빨간 원 두 개가 왼쪽으로 움직입니다"),  # a caption sees its own times
+        (None, ".\n"),  # a line's end decides, seeing everything, whether another event follows
+        ((0.0, inf), "0:02."),
+        ((2.3, inf), "3 - 0:04.1"),
+        ((2.3, 4.1), ": a blue square moves up"),
+        (None, ".\n"),
+        ((2.3, inf), "0:04."),
+        ((4.1, inf), "1 - 0:06.0"),
+        ((4.1, 6.0), ": x."),
+    ]
 
 
-@pytest.mark.parametrize("text", ["A red circle moves left.", "0:02.3 - 0:01.0: backwards times.",
-                                  "at 0:01.0 - 0:02.0: not at the line's start", "0:01 - 0:02: no tenths"])
+@pytest.mark.parametrize("text", ["A red circle moves left.", "at 0:01.0 - 0:02.0: not at the line's start",
+                                  "0:01 - 0:02: no tenths"])
 def test_text_that_is_not_an_event_line_gets_no_window(tokenizer, text):
     lines = LineWindows(tokenizer)
     assert all(lines.push(token) is None for token in tokenizer.encode(text))
 
 
+def test_a_line_with_backwards_times_gets_no_caption_window(tokenizer):
+    lines = LineWindows(tokenizer)
+    windows = {lines.push(token) for token in tokenizer.encode("0:02.3 - 0:01.0: backwards times.")}
+    assert windows == {None, (2.3, math.inf)}  # its start still holds for what follows
+
+
 def test_a_window_hides_the_video_tokens_of_the_other_frames(tokenizer):
     ids, trained = _sample(tokenizer)
     pads = [j for j, t in enumerate(ids) if t == VIDEO_PAD_ID]
-    runs = training_windows(caption_runs(tokenizer, ids, trained), ids, [0.5, 2.5, 4.5])
-    assert [list(hidden) for _, hidden in runs] == [pads[2:], pads[:2] + pads[4:], pads[:4]]
-    for queries, _ in runs:  # every query is an answer token, in one run per line
+    runs = caption_runs(tokenizer, ids, trained)
+    hidden = training_windows(runs, ids, [0.5, 2.5, 4.5])
+    captions = [h for (_, window), (_, h) in zip(runs, hidden) if math.isfinite(window[1])]
+    assert [list(h) for h in captions] == [pads[2:], pads[:2] + pads[4:], pads[:4]]
+    # the times after a start see the frames after the first one at or after it (the start's own)
+    times = {window[0]: list(h) for (_, window), (_, h) in zip(runs, hidden) if math.isinf(window[1])}
+    assert times == {0.0: pads[:2], 2.3: pads[:4], 4.1: pads[:4]}  # 4.1: its frame is the last, so it sees that one
+    for queries, _ in runs:  # every query is an answer token, in one run per window
         assert all(trained[j] for j in queries) and list(queries) == list(range(queries[0], queries[-1] + 1))
 
 
@@ -64,6 +85,9 @@ def test_a_window_between_two_frames_sees_the_nearest(tokenizer):
     keys = VideoKeys(np.arange(6), np.repeat([0.5, 2.5, 4.5], 2))
     assert list(keys.hidden((1.2, 2.0))) == [0, 1, 4, 5]  # no frame inside: the one nearest 1.6 (2.5)
     assert list(keys.hidden((2.5, 4.5))) == [0, 1]  # frames on the edges are inside
+    assert list(keys.hidden((0.5, math.inf))) == [0, 1]  # a time's window: after the start's first frame
+    assert list(keys.hidden((1.0, math.inf))) == [0, 1, 2, 3]
+    assert list(keys.hidden((9.0, math.inf))) == [0, 1, 2, 3]  # past the last frame: the last one
     with pytest.raises(ValueError, match="cannot be split"):
         VideoKeys.of([VIDEO_PAD_ID] * 5, [0.0, 1.0])
 
@@ -112,7 +136,7 @@ def test_captioning_hides_the_keys_training_hides(tokenizer):
         trained_logits = backbone(inputs_embeds=full, visible=visible)[0, S:]
         plain_logits = backbone(inputs_embeds=full)[0, S:]
 
-    assert len(runs) == 2
+    assert sorted(math.isfinite(window[1]) for _, window in caption_runs(tokenizer, full_ids, [False] * S + [True] * n)) == [False] * 3 + [True] * 2
     assert (stepped - trained_logits).abs().max().item() <= 1e-4
     windowed = torch.tensor([j - S for queries, _ in runs for j in queries])
     assert (trained_logits[windowed] - plain_logits[windowed]).abs().max().item() > 1e-2
@@ -150,19 +174,20 @@ def test_a_dense_answer_ends_on_a_newline_that_sees_the_whole_video(tokenizer, t
     assert all(labels[j - 1] != -100 for j in line_ends)  # both newlines are targets
 
 
-def test_jitter_moves_the_windows_edges_and_keeps_them_ordered(tokenizer):
+def test_jitter_moves_the_captions_windows_and_keeps_them_ordered(tokenizer):
     ids, trained = _sample(tokenizer)
     runs = caption_runs(tokenizer, ids, trained)
+    captions = [i for i, (_, window) in enumerate(runs) if math.isfinite(window[1])]
     pads = [j for j, t in enumerate(ids) if t == VIDEO_PAD_ID]
     exact = [set(hidden.tolist()) for _, hidden in training_windows(runs, ids, [0.5, 2.5, 4.5])]
     seen = set()
     for seed in range(40):
         rng = np.random.default_rng(seed)
         moved = training_windows(runs, ids, [0.5, 2.5, 4.5], jitter=1.5, rng=rng)
-        assert [list(q) for q, _ in moved] == [list(q) for q, _ in runs]  # the same captions
+        assert [list(q) for q, _ in moved] == [list(q) for q, _ in runs]  # the same queries
         seen |= {i for i, (_, hidden) in enumerate(moved) if set(hidden.tolist()) != exact[i]}
         assert all(set(hidden.tolist()) < set(pads) for _, hidden in moved)  # each still sees a frame
-    assert seen == {0, 1}  # (the last window sees the frame at 4.5 however it moves)
+    assert seen == set(captions[:2])  # the times' windows stay; the last caption sees 4.5 however it moves
 
 
 def test_event_time_queries_are_the_answer_s_targets_outside_captions(tokenizer):
@@ -193,7 +218,9 @@ def test_dense_samples_carry_their_event_times_and_windows(tokenizer, tmp_path):
             group_times=lambda times: list(times))
         data = CaptionDataset(samples, cache, captioner, DenseOptions(window_jitter=0.0))
         assert len(data.event_times[0]) > 10 and len(data.event_times[1]) == 0
-        assert (len(data.windows[0]) == 2) == windows_on and data.windows[1] == []
+        # 2 captions and 4 runs of times: the first end, the second start before and after its
+        # last digit with the second end, and the answer's end
+        assert (len(data.windows[0]) == 6) == windows_on and data.windows[1] == []
         batch = collate([data[0], data[1]], pad_id=0)
         assert batch["event_times"][0].sum() == len(data.event_times[0]) and not batch["event_times"][1].any()
         assert (batch["visible"] is not None) == windows_on
