@@ -17,7 +17,8 @@ With ``--dense`` (its own folder, ``runs/quickstart-dense``), the dense-caption 
 multi-event clips (2-3 events in 6-12 s, ``vcap synth --events``) are written too, stage 0 also
 reads the event text of the first of them (as many as the single-event training clips), stage 3
 (quickstart-3-dense.yaml) trains LoRA and the projector from stage 2 on all of them, each event's
-caption seeing only its own frames (``event_windows``, vcap/windows.py), and the exported
+caption seeing only its own frames and each time only the frames after the start before it
+(``event_windows``, vcap/windows.py), and the exported
 OUT/captioner-dense lists the events of the held-out clips, scored by temporal IoU (F1 at tIoU
 0.5 and the matched events' attribute accuracy).
 ``--timestamps none`` runs every stage that reads frames without their times in the prompt (the
