@@ -32,7 +32,7 @@ test-gpu: install
 quickstart: install
 	$(BIN)/vcap quickstart
 
-# the quickstart with the dense-caption task too (runs/quickstart-dense; see the README: it meets its targets in two runs of three)
+# the quickstart with the dense-caption task too (runs/quickstart-dense; see the README: it meets its targets, not yet the default)
 quickstart-dense: install
 	$(BIN)/vcap quickstart --dense
 
