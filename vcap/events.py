@@ -55,17 +55,22 @@ def events_text(events: list[dict[str, Any]]) -> str:
     return "\n".join(f"{clock(e['start'])} - {clock(e['end'])}: {e['caption']}" for e in events)
 
 
-_TIMES = r"(\d+):([0-5]\d\.\d) - (\d+):([0-5]\d\.\d):"  # a line's 'm:ss.s - m:ss.s:'
+_TIME = r"(\d+):([0-5]\d\.\d)"  # 'm:ss.s'
+_TIMES = rf"{_TIME} - {_TIME}:"  # a line's 'm:ss.s - m:ss.s:'
 _LINE = re.compile(rf"^{_TIMES} (\S.*)$")
 _LINE_START = re.compile(rf"^{_TIMES}")
-_START = re.compile(r"^(\d+):([0-5]\d\.\d)")  # a line's first time
+_START = re.compile(rf"^{_TIME}")  # a line's first time
+
+
+def _seconds(minutes: str, seconds: str) -> float:
+    return int(minutes) * 60 + float(seconds)
 
 
 def line_start(line: str) -> float | None:
     """The start (seconds) a line being written opens with (``0:03.4``), once it is complete (its
     tenths written); None before that, or when the line does not open with a time."""
     match = _START.match(line.lstrip())
-    return None if match is None else int(match.group(1)) * 60 + float(match.group(2))
+    return None if match is None else _seconds(*match.groups())
 
 
 def line_times(line: str) -> tuple[float, float] | None:
@@ -75,7 +80,7 @@ def line_times(line: str) -> tuple[float, float] | None:
     if match is None:
         return None
     m0, s0, m1, s1 = match.groups()
-    start, end = int(m0) * 60 + float(s0), int(m1) * 60 + float(s1)
+    start, end = _seconds(m0, s0), _seconds(m1, s1)
     return (start, end) if start < end else None
 
 
@@ -102,7 +107,7 @@ def parse_events(text: str) -> ParsedEvents:
             unreadable.append((number, line))
             continue
         m0, s0, m1, s1, caption = match.groups()
-        start, end = int(m0) * 60 + float(s0), int(m1) * 60 + float(s1)
+        start, end = _seconds(m0, s0), _seconds(m1, s1)
         if not start < end:
             unreadable.append((number, line))
             continue
