@@ -9,7 +9,9 @@ order of start. With ``event_windows: true`` in the captioner's config:
   start) attend only to the frames after that start's first frame: nothing written after a start
   begins before it, and what they look for is the next change. The start's own first frame is
   left out too, since its difference to the frame before it (the projector's
-  ``frame_difference``) shows the change just passed;
+  ``frame_difference``) shows the change just passed. That frame is the first at or after the
+  start + 0.05 s: a start written as 0:04.0 may be a change at 4.04 s, which the frame at 5 s
+  shows (and the quickstart's model, unsure of a change, writes the time of the frame before it);
 - a line's end (its newline), which decides whether another event follows, and the text before
   the first start see the whole video.
 
@@ -40,6 +42,7 @@ from .events import line_start, line_times
 from .processor import VIDEO_PAD_ID
 
 _EPS = 1e-6  # a frame exactly on an event's edge is inside it
+_WRITTEN = 0.05  # times are written to a tenth of a second: a start stands for a change up to 0.05 s after it
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,17 @@ class VideoKeys:
 
         An event's window (finite end) sees the groups whose time is within it or, when none is,
         the group nearest its middle (a window shorter than the gap between two frames still sees
-        one). A time's window, (start, inf), sees the groups after the first one at or after its
-        start (or that one, when it is the last; or the last group, when none is after the start)."""
+        one). A time's window, (start, inf), sees the groups after the start's own: the first one
+        at or after start + 0.05 s, since a time written to a tenth of a second may stand for a
+        change up to 0.05 s after it (or that one, when it is the last; or the last group, when
+        none is after the start)."""
         start, end = window
         inside = (self.times >= start - _EPS) & (self.times <= end + _EPS)
-        if math.isinf(end) and inside.any():  # a time's window: not the start's own first frame
-            later = inside & (self.times > self.times[inside].min() + _EPS)
-            inside = later if later.any() else inside
+        if math.isinf(end) and inside.any():  # a time's window: the frames after the start's own
+            own = self.times >= start + _WRITTEN - _EPS  # written 0:04.0, a start may be a change at 4.04 s
+            if own.any():
+                later = self.times > self.times[own].min() + _EPS
+                inside = later if later.any() else own  # the start's own frame is the last: that one
         if not inside.any():
             distance = np.abs(self.times - (start if math.isinf(end) else (start + end) / 2))
             inside = distance <= distance.min() + _EPS

@@ -85,8 +85,13 @@ def test_a_window_between_two_frames_sees_the_nearest(tokenizer):
     keys = VideoKeys(np.arange(6), np.repeat([0.5, 2.5, 4.5], 2))
     assert list(keys.hidden((1.2, 2.0))) == [0, 1, 4, 5]  # no frame inside: the one nearest 1.6 (2.5)
     assert list(keys.hidden((2.5, 4.5))) == [0, 1]  # frames on the edges are inside
-    assert list(keys.hidden((0.5, math.inf))) == [0, 1]  # a time's window: after the start's first frame
+    assert list(keys.hidden((0.4, math.inf))) == [0, 1]  # a time's window: after the start's first frame
     assert list(keys.hidden((1.0, math.inf))) == [0, 1, 2, 3]
+    # a start written on a frame's time may be a change up to 0.05 s later, which the next frame shows
+    assert list(keys.hidden((0.5, math.inf))) == [0, 1, 2, 3]
+    assert list(keys.hidden((2.45, math.inf))) == [0, 1, 2, 3]  # 2.5 is within 0.05 s: its own frame
+    assert list(keys.hidden((2.4, math.inf))) == [0, 1, 2, 3]
+    assert list(keys.hidden((4.5, math.inf))) == [0, 1, 2, 3]  # its own frame is the last: it sees that one
     assert list(keys.hidden((9.0, math.inf))) == [0, 1, 2, 3]  # past the last frame: the last one
     with pytest.raises(ValueError, match="cannot be split"):
         VideoKeys.of([VIDEO_PAD_ID] * 5, [0.0, 1.0])
