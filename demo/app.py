@@ -347,8 +347,9 @@ def _clock(seconds: float) -> str:
 
 
 def find_examples(captioner_dir: Path, limit: int = 4) -> list[str]:
-    """Test clips next to a quickstart captioner (runs/quickstart/data/test), if any."""
-    folder = captioner_dir.parent / "data" / "test"
+    """Test clips next to a quickstart captioner, if any: runs/quickstart/data/test, and for the
+    dense task's runs/quickstart/captioner-dense the multi-event clips of data-dense/test."""
+    folder = captioner_dir.parent / ("data-dense" if captioner_dir.name == "captioner-dense" else "data") / "test"
     return [str(p) for p in sorted(folder.glob("*.mp4"))[:limit]] if folder.is_dir() else []
 
 

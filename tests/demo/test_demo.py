@@ -214,3 +214,16 @@ def test_without_a_captioner_it_says_to_run_the_quickstart(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # no runs/quickstart/captioner here
     assert main(["demo"]) == 2
     assert "make quickstart" in capsys.readouterr().err
+
+
+def test_examples_are_the_test_clips_of_the_captioners_own_task(tmp_path):
+    from demo.app import find_examples
+
+    for data in ("data", "data-dense"):
+        (tmp_path / data / "test").mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / data / "test" / f"{data}_{i}.mp4").write_bytes(b"")
+    single, dense = find_examples(tmp_path / "captioner"), find_examples(tmp_path / "captioner-dense")
+    assert [Path(p).name for p in single] == [f"data_{i}.mp4" for i in range(4)]
+    assert [Path(p).name for p in dense] == [f"data-dense_{i}.mp4" for i in range(4)]
+    assert find_examples(tmp_path / "elsewhere" / "captioner") == []
