@@ -176,7 +176,9 @@ def quickstart(out: str | Path = DEFAULT_OUT, configs: str | Path | None = None,
     print(f"\nNext:\n  vcap caption {first} {out / 'data' / 'test'} --out captions.jsonl   # caption a folder\n"
           + (f"  vcap caption {out / 'captioner-dense'} {out / 'data-dense' / 'test'} --dense --out events.jsonl\n"
              if dense else "")
-          + f"  vcap demo {first}                                                 # the web demo")
+          + f"  vcap demo {first}                                                 # the web demo\n"
+          + (f"  vcap demo {out / 'captioner-dense'}                                           # its Dense captions mode\n"
+             if dense else ""), end="")
     return reports, met
 
 
