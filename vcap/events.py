@@ -58,30 +58,26 @@ def events_text(events: list[dict[str, Any]]) -> str:
 _TIME = r"(\d+):([0-5]\d\.\d)"  # 'm:ss.s'
 _TIMES = rf"{_TIME} - {_TIME}:"  # a line's 'm:ss.s - m:ss.s:'
 _LINE = re.compile(rf"^{_TIMES} (\S.*)$")
-_LINE_START = re.compile(rf"^{_TIMES}")
-_START = re.compile(rf"^{_TIME}")  # a line's first time
+_HEAD = re.compile(rf"^{_TIME}(?: - {_TIME}:)?")  # a line's start, then (once written) its end
 
 
 def _seconds(minutes: str, seconds: str) -> float:
     return int(minutes) * 60 + float(seconds)
 
 
-def line_start(line: str) -> float | None:
-    """The start (seconds) a line being written opens with (``0:03.4``), once it is complete (its
-    tenths written); None before that, or when the line does not open with a time."""
-    match = _START.match(line.lstrip())
-    return None if match is None else _seconds(*match.groups())
-
-
-def line_times(line: str) -> tuple[float, float] | None:
-    """The (start, end) seconds a line being written opens with (``0:03.4 - 0:06.2:``), once its
-    times are complete; None before that, or when the line does not open so or start >= end."""
-    match = _LINE_START.match(line.lstrip())
+def line_head(line: str) -> tuple[float | None, tuple[float, float] | None]:
+    """What a line being written opens with: (its start in seconds once complete (``0:03.4``, its
+    tenths written), else None; its (start, end) once both are (``0:03.4 - 0:06.2:``) and
+    start < end, else None). Both None when the line does not open with a time."""
+    match = _HEAD.match(line.lstrip())
     if match is None:
-        return None
+        return None, None
     m0, s0, m1, s1 = match.groups()
-    start, end = _seconds(m0, s0), _seconds(m1, s1)
-    return (start, end) if start < end else None
+    start = _seconds(m0, s0)
+    if m1 is None:
+        return start, None
+    end = _seconds(m1, s1)
+    return start, ((start, end) if start < end else None)
 
 
 @dataclass

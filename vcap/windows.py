@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .events import line_start, line_times
+from .events import line_head
 from .processor import VIDEO_PAD_ID
 
 _EPS = 1e-6  # a frame exactly on an event's edge is inside it
@@ -73,7 +73,7 @@ class VideoKeys:
         none is after the start)."""
         start, end = window
         inside = (self.times >= start - _EPS) & (self.times <= end + _EPS)
-        if math.isinf(end) and inside.any():  # a time's window: the frames after the start's own
+        if math.isinf(end):  # a time's window: the frames after the start's own
             own = self.times >= start + _WRITTEN - _EPS  # written 0:04.0, a start may be a change at 4.04 s
             if own.any():
                 later = self.times > self.times[own].min() + _EPS
@@ -104,9 +104,7 @@ class LineWindows:
             return None
         if self.caption is None:  # once a line's times are read, its window holds until its end
             self.line += piece
-            text = self.line.decode("utf-8", errors="replace")
-            self.caption = line_times(text)
-            start = line_start(text)
+            start, self.caption = line_head(self.line.decode("utf-8", errors="replace"))
             if start is not None:
                 self.times = (start, math.inf)
         return self.caption or self.times

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vcap.dense_eval import dense_scores, match_events, tiou
-from vcap.events import events_text, parse_events
+from vcap.events import events_text, line_head, parse_events
 
 
 def ev(start, end, caption="x", **extra):
@@ -32,6 +32,17 @@ def test_parser_reads_the_layout_strictly():
     assert parse_events("") == parse_events("\n  \n") and parse_events("").events == []
     events = [ev(0.0, 2.5, "a"), ev(2.5, 6.0, "b")]
     assert parse_events(events_text(events)).events == events  # the target text reads back exactly
+
+
+@pytest.mark.parametrize("text, head", [
+    ("", (None, None)), ("0:0", (None, None)), ("0:02.", (None, None)),  # the start is not complete yet
+    ("0:02.3", (2.3, None)), ("0:02.3 - 0:04", (2.3, None)), ("  1:02.3 - 1:0", (62.3, None)),
+    ("0:02.3 - 0:04.1:", (2.3, (2.3, 4.1))), ("0:02.3 - 0:04.1: a caption", (2.3, (2.3, 4.1))),
+    ("0:04.1 - 0:02.3: backwards", (4.1, None)),  # its start, but no window for backwards times
+    ("at 0:02.3 - 0:04.1:", (None, None)), ("0:02 - 0:04:", (None, None)),  # not a line's head
+])
+def test_line_head_reads_the_times_as_they_are_written(text, head):
+    assert line_head(text) == head
 
 
 def test_matcher_is_one_to_one_best_first():
