@@ -134,7 +134,8 @@ def prepare_real(work: Path, args) -> None:
     save_pretrained(model, work / "lm")
     cache = FeatureCache(work / "cache", CACHE_KEY, torch.float32)
     for sample in read_manifest(work / "data" / "train.jsonl"):
-        cache.put(sample.video, torch.randn(REAL_FRAMES, 49, 768), [k * 0.5 for k in range(REAL_FRAMES)])
+        cache.put(sample.video, torch.randn(REAL_FRAMES, 49, 768), [k * 0.5 for k in range(REAL_FRAMES)],
+                  REAL_FRAMES * 0.5)
 
 
 def real_captioner(work: Path, args):

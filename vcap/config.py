@@ -47,6 +47,7 @@ class FramesConfig:
     size: int | None = 224  # decode-time resize of the shorter side (None: native)
     backend: str = "auto"  # auto | decord | pyav
     timestamps: str = "none"  # text: each frame group's time as text before its tokens (Qwen3-VL); none
+    end_label: bool = False  # with timestamps text: after the last group, where the video stops, as one more label
 
     def __post_init__(self) -> None:
         if self.strategy not in ("uniform", "fps"):
@@ -57,6 +58,8 @@ class FramesConfig:
             raise ConfigError("frames.fps must be > 0 when frames.strategy is 'fps'")
         if self.timestamps not in ("text", "none"):
             raise ConfigError(f"frames.timestamps must be 'text' or 'none', got {self.timestamps!r}")
+        if self.end_label and self.timestamps != "text":
+            raise ConfigError("frames.end_label needs frames.timestamps: text (it is one more time label)")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ConfigError(f"frames.backend must be auto, decord or pyav, got {self.backend!r}")
         if self.size is not None and self.size < 1:

@@ -49,7 +49,8 @@ def identity_dict(config: Any) -> dict[str, Any]:
     from .config import DEFAULT_DENSE_INSTRUCTIONS
 
     data = config_to_dict(config)
-    for key, default in (("timestamps", "none"), ("min_frames", None), ("token_budget", None)):
+    for key, default in (("timestamps", "none"), ("end_label", False), ("min_frames", None),
+                         ("token_budget", None)):
         if data["frames"].get(key, default) == default:
             data["frames"].pop(key, None)
     if data.get("dense_instructions", DEFAULT_DENSE_INSTRUCTIONS) == DEFAULT_DENSE_INSTRUCTIONS:

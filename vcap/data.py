@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen3_backbone.chat import tokenize, video_message
+from qwen3_backbone.chat import tokenize
 
 from .config import LANGS, RunConfig, manifest_paths
 from .errors import UsageError
@@ -168,7 +168,7 @@ def chat_messages(sample: Sample, video: VideoLayout | None, system_prompt: str 
         if "events" in sample.extra:  # every event line ends with a newline, the last one too: on
             answer += "\n"           # it the model says whether another event follows (vcap/windows.py)
         if i == 0 and video is not None:
-            user = video_message(video.num_tokens, question, video.groups)
+            user = video.message(question)
         else:
             user = {"role": "user", "content": question}
         messages += [user, {"role": "assistant", "content": answer}]
@@ -233,10 +233,11 @@ class CaptionDataset(torch.utils.data.Dataset):
         self.windows: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per sample: vcap.windows.training_windows
         self.event_times: list[np.ndarray] = []  # per sample: vcap.windows.event_time_queries
         for sample in samples:
-            times = cache.timestamps(sample.video) if cache is not None else []
-            if times is None:  # no stored features (the video could not be read)
+            found = cache.times(sample.video) if cache is not None else ([], None)
+            if found is None:  # no stored features (the video could not be read)
                 continue
-            video = captioner.video_layout(times) if times else None  # with their time labels, if the config says so
+            times, end = found
+            video = captioner.video_layout(times, end) if times else None  # with time labels, if the config says so
             ids, labels = tokenize_sample(captioner.tokenizer, sample, video, captioner.config.system_prompt)
             self.tokens.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
             self.samples.append(sample)

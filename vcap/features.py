@@ -24,7 +24,7 @@ from .video import VideoReadError
 
 class FeatureCache:
     """Features per video: ``<folder>/<key>.safetensors`` (one tensor, ``features``; the sampled
-    frames' times in its metadata, for time-labelled prompts)."""
+    frames' times and where their span ends in its metadata, for time-labelled prompts)."""
 
     def __init__(self, folder: str | os.PathLike, encoder_key: str, dtype: torch.dtype = torch.bfloat16) -> None:
         self.folder = Path(folder)
@@ -44,9 +44,11 @@ class FeatureCache:
         except OSError:
             return None
 
-    def timestamps(self, video: Path) -> list[float] | None:
-        """The stored frames' times in seconds (from the header); None when nothing usable is
-        stored. Files written before times were stored give None too, and are extracted again."""
+    def times(self, video: Path) -> tuple[list[float], float | None] | None:
+        """The stored frames' times and the end of the span they were sampled from, in seconds
+        (from the header); None when nothing usable is stored (files written before times were
+        stored give None too, and are extracted again). The end is None in files written before
+        ends were stored: they are extracted again only for a captioner with ``frames.end_label``."""
         from safetensors import safe_open
 
         path = self.path(video)
@@ -55,12 +57,13 @@ class FeatureCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 count = int(f.get_slice("features").get_shape()[0])
-                times = json.loads((f.metadata() or {}).get("timestamps", "null"))
+                meta = f.metadata() or {}
+                times, end = json.loads(meta.get("timestamps", "null")), json.loads(meta.get("end", "null"))
         except Exception:  # a damaged cache file is recomputed, not trusted
             return None
         if not isinstance(times, list) or len(times) != count:
             return None
-        return [float(t) for t in times]
+        return [float(t) for t in times], float(end) if isinstance(end, (int, float)) else None
 
     def get(self, video: Path) -> torch.Tensor | None:
         """The stored features (T, P, Dv) in the stored dtype, or None."""
@@ -74,8 +77,9 @@ class FeatureCache:
         except Exception:  # a damaged cache file is recomputed, not trusted
             return None
 
-    def put(self, video: Path, features: torch.Tensor, timestamps: Sequence[float]) -> None:
-        """Store a video's features (T, P, Dv) and its T frames' times in seconds."""
+    def put(self, video: Path, features: torch.Tensor, timestamps: Sequence[float], end: float) -> None:
+        """Store a video's features (T, P, Dv), its T frames' times and the end of the span they were
+        sampled from, in seconds."""
         from safetensors.torch import save
 
         from .outputs import escape_surrogates, write_bytes
@@ -84,7 +88,8 @@ class FeatureCache:
             raise ValueError(f"{len(timestamps)} timestamps for {features.shape[0]} frames of features")
         data = save({"features": features.detach().to("cpu", self.dtype).contiguous()},
                     metadata={"video": escape_surrogates(str(video)),
-                              "timestamps": json.dumps([float(t) for t in timestamps])})
+                              "timestamps": json.dumps([float(t) for t in timestamps]),
+                              "end": json.dumps(float(end))})
         write_bytes(self.path(video), data)
 
 
@@ -95,7 +100,8 @@ def encoder_fingerprint(captioner) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(captioner.config.vision), sort_keys=True).encode())
     sampling = identity_dict(captioner.config)["frames"]  # as stored before newer settings existed
-    sampling.pop("timestamps", None)  # it changes the prompt only, not the features
+    for key in ("timestamps", "end_label"):  # they change the prompt only, not the features
+        sampling.pop(key, None)
     digest.update(json.dumps(sampling, sort_keys=True).encode())
     for name, tensor in sorted(captioner.vision.visual.state_dict().items()):
         digest.update(name.encode())
@@ -109,7 +115,7 @@ def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, pro
     """Store the features of every readable video of ``videos`` that the cache does not hold yet;
     returns the reason for each video that could not be read. Nothing is kept in memory. With
     ``device`` (the GPU a run trains on) the vision tower runs there meanwhile, then goes back."""
-    todo = [video for video in dict.fromkeys(videos) if cache.timestamps(video) is None]
+    todo = [video for video in dict.fromkeys(videos) if not stored(cache, video, captioner.config.frames.end_label)]
     home = captioner.vision.device
     if device is None or not todo or torch.device(device) == home:
         return _extract(captioner, todo, cache, progress, batch)
@@ -118,6 +124,13 @@ def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, pro
         return _extract(captioner, todo, cache, progress, batch)
     finally:
         captioner.vision.to(home)
+
+
+def stored(cache: FeatureCache, video: Path, end_label: bool) -> bool:
+    """Whether the cache holds what a captioner needs of ``video``: its features and times, and
+    with ``end_label`` where their span ends."""
+    found = cache.times(video)
+    return found is not None and (found[1] is not None or not end_label)
 
 
 def _extract(captioner, todo: list[Path], cache: FeatureCache, progress: bool, batch: int) -> dict[Path, str]:
@@ -135,7 +148,7 @@ def _extract(captioner, todo: list[Path], cache: FeatureCache, progress: bool, b
                 failed[video] = e.reason
         if clips:
             for video, clip, feats in zip(chunk, clips, captioner.encode([c.frames for c in clips])):
-                cache.put(video, feats, clip.timestamps)
+                cache.put(video, feats, clip.timestamps, clip.end)
         bar.update(len(todo[start : start + batch]))
     bar.close()
     return failed

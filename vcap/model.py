@@ -125,12 +125,17 @@ class VideoCaptioner(nn.Module):
     def num_video_tokens(self, num_frames: int) -> int:
         return self.projector.num_output_tokens(num_frames, self.vision.num_patches)
 
-    def video_layout(self, timestamps: Sequence[float]) -> VideoLayout:
-        """Where a video of frames sampled at ``timestamps`` (seconds) goes in the prompt: its tokens,
-        and with ``frames.timestamps: text`` its temporal groups, each labelled with its time."""
+    def video_layout(self, timestamps: Sequence[float], end: float | None = None) -> VideoLayout:
+        """Where a video of frames sampled at ``timestamps`` (seconds) from a span that stops at
+        ``end`` goes in the prompt: its tokens, with ``frames.timestamps: text`` its temporal groups,
+        each labelled with its time, and with ``frames.end_label`` the end's label after them."""
         T = len(timestamps)
-        times = list(timestamps) if self.config.frames.timestamps == "text" else None
-        return VideoLayout.of(self.num_video_tokens(T), self.projector.temporal_groups(T), times)
+        frames = self.config.frames
+        times = list(timestamps) if frames.timestamps == "text" else None
+        if frames.end_label and end is None:
+            raise ValueError("frames.end_label: where the frames' span ends is needed")
+        return VideoLayout.of(self.num_video_tokens(T), self.projector.temporal_groups(T), times,
+                              end if frames.end_label else None)
 
     def group_times(self, timestamps: Sequence[float]) -> list[float]:
         """The time of each temporal group of a video sampled at ``timestamps``: its frames' mean."""
@@ -173,7 +178,7 @@ class VideoCaptioner(nn.Module):
         for i, f in zip(todo, self.encode([clips[i].frames for i in todo]) if todo else []):
             features[i] = f
         videos = [self.project(f.to(self.device)[None])[0] for f in features]  # [(N_i, D)]
-        ids, mask = self.processor.prompts([self.video_layout(c.timestamps) for c in clips], instruction,
+        ids, mask = self.processor.prompts([self.video_layout(c.timestamps, c.end) for c in clips], instruction,
                                            options.thinking)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():

@@ -42,19 +42,28 @@ def time_label(seconds: float) -> str:
 class VideoLayout:
     """A video's place in the prompt: ``num_tokens`` <|video_pad|> in one block, or with
     ``frames.timestamps: text`` one block per temporal group after its time label
-    (``groups``: (label, tokens) in order)."""
+    (``groups``: (label, tokens) in order), and with ``frames.end_label`` the label of where the
+    video stops after the last block (``end``)."""
 
     num_tokens: int
     groups: tuple[tuple[str, int], ...] = ()
+    end: str = ""
 
     @classmethod
-    def of(cls, num_tokens: int, frame_groups: Sequence[range], timestamps: Sequence[float] | None) -> VideoLayout:
+    def of(cls, num_tokens: int, frame_groups: Sequence[range], timestamps: Sequence[float] | None,
+           end: float | None = None) -> VideoLayout:
         """From the projector's output size and temporal groups and the frames' times (None: no
-        time labels). A merged group is labelled with the mean time of its frames."""
+        time labels). A merged group is labelled with the mean time of its frames; ``end`` (None:
+        no end label), the end of the span the frames were sampled from, is labelled after them."""
         if timestamps is None:
             return cls(num_tokens)
         per = num_tokens // len(frame_groups)
-        return cls(num_tokens, tuple((time_label(t), per) for t in group_times(frame_groups, timestamps)))
+        groups = tuple((time_label(t), per) for t in group_times(frame_groups, timestamps))
+        return cls(num_tokens, groups, time_label(end) if end is not None else "")
+
+    def message(self, text: str) -> dict:
+        """The user turn: the video, then (after its end label, if any) ``text``, as plain text."""
+        return video_message(self.num_tokens, self.end + text, self.groups)
 
 
 def group_times(frame_groups: Sequence[range], timestamps: Sequence[float]) -> list[float]:
@@ -118,7 +127,7 @@ class VideoProcessor:
         messages = []
         if self.config.system_prompt:
             messages.append({"role": "system", "content": self.config.system_prompt})
-        messages.append(video_message(video.num_tokens, instruction, video.groups))
+        messages.append(video.message(instruction))
         ids, _ = tokenize(self.tokenizer, messages, add_generation_prompt=True, enable_thinking=thinking)
         return ids
 

@@ -75,6 +75,13 @@ class Frames:
         return self.info.duration
 
     @property
+    def end(self) -> float:
+        """Where the span the frames were sampled from stops, in seconds (in frame indices for raw
+        frames): the window's end within the video, or the video's duration."""
+        t0, t1 = self.window
+        return min(t1, self.duration) if t1 > t0 else self.duration
+
+    @property
     def fps(self) -> float:
         return self.info.fps
 

@@ -90,6 +90,15 @@ def test_time_labelled_prompts_keep_the_video_embeddings_in_order(clips):
     assert timed.caption(clip)[0].time_source == "decoder"
     from_array = timed.caption(clip.frames)[0]
     assert from_array.time_source == "frame index" and from_array.timestamps == [0.0, 1.0, 2.0, 3.0]
+    # frames.end_label: where the sampled span stops follows the last block (a window's end, the
+    # video's duration, or for raw frames their count)
+    timed.config = replace(timed.config, frames=replace(timed.config.frames, end_label=True))
+    with pytest.raises(ValueError, match="end_label"):  # a layout cannot leave out the end it asks for
+        timed.video_layout(clip.timestamps)
+    for frames, end in ((clip, clip.duration), (read_frames(clips[0], num_frames=4, size=64, start=0.25, end=1.0), 1.0),
+                        (clip.frames, 4.0)):
+        ids, _, embeds, _ = timed.prepare([timed.read(frames)], GenerationOptions(lang="en"))
+        assert f"<|vision_end|><{end:.1f} seconds>Describe this video in detail." in timed.tokenizer.decode(ids[0].tolist())
 
 
 def test_a_token_budget_samples_fewer_frames_and_says_so(clips):

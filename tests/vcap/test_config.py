@@ -31,9 +31,13 @@ def test_frames_timestamps_default_to_none_and_are_checked():
     from vcap.config import CaptionerConfig, ConfigError, FramesConfig
     from vcap.config_io import config_from_dict
 
-    assert config_from_dict(CaptionerConfig, {"language_model": "preset:mini"}).frames.timestamps == "none"  # older folders
+    frames = config_from_dict(CaptionerConfig, {"language_model": "preset:mini"}).frames  # older folders
+    assert frames.timestamps == "none" and frames.end_label is False
     with pytest.raises(ConfigError, match="frames.timestamps must be 'text' or 'none'"):
         FramesConfig(timestamps="seconds")
+    with pytest.raises(ConfigError, match="frames.end_label needs frames.timestamps: text"):
+        FramesConfig(end_label=True)
+    assert FramesConfig(timestamps="text", end_label=True).end_label
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -94,8 +94,9 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, data):
 
 def test_training_prompts_carry_the_stored_frame_times(tmp_path, data):
     """With frames.timestamps: text, the feature store keeps each video's frame times and the
-    training prompt labels each frame group with its time; the features themselves are shared with
-    timestamps: none (the setting is not part of the store's key)."""
+    training prompt labels each frame group with its time (and with frames.end_label, where the
+    video stops); the features themselves are shared with timestamps: none (neither setting is part
+    of the store's key)."""
     from dataclasses import replace
 
     from safetensors.torch import load_file, save_file
@@ -112,18 +113,34 @@ def test_training_prompts_carry_the_stored_frame_times(tmp_path, data):
     cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(timed))
     assert not extract_features(timed, [s.video for s in samples], cache, progress=False)
     clip = timed.read(str(samples[0].video))
-    assert cache.timestamps(samples[0].video) == pytest.approx(clip.timestamps)
+    times, end = cache.times(samples[0].video)
+    assert times == pytest.approx(clip.timestamps) and end == pytest.approx(clip.duration)
     ids = CaptionDataset(samples, cache, timed).tokens[0][0].tolist()
     text = timed.tokenizer.decode(ids)
     labels = [f"<{t:.1f} seconds><|vision_start|>" for t in clip.timestamps]
     assert all(label in text for label in labels) and text.count("<|vision_start|>") == len(clip)
     assert "seconds>" not in timed.tokenizer.decode(CaptionDataset(samples, cache, plain).tokens[0][0].tolist())
-    # a store file written before times were kept is extracted again
+    assert f"<|vision_end|>{timed.config.instructions['en']}" in text  # no end label unless asked for
+    # with frames.end_label, where the video stops follows its last group as one more label
+    ended = tiny_captioner()
+    ended.config = replace(ended.config, frames=replace(timed.config.frames, end_label=True))
+    assert encoder_fingerprint(ended) == encoder_fingerprint(plain)
+    text = ended.tokenizer.decode(CaptionDataset(samples, cache, ended).tokens[0][0].tolist())
+    assert f"<|vision_end|><{clip.duration:.1f} seconds>{ended.config.instructions['en']}" in text
+    assert text.count("seconds>") == len(clip) + 1
+    # a store file written before ends were kept is extracted again only for a captioner that needs it
     path = cache.path(samples[0].video)
-    save_file(load_file(str(path)), str(path), metadata={"video": "old"})
-    assert cache.timestamps(samples[0].video) is None
+    save_file(load_file(str(path)), str(path), metadata={"video": "old", "timestamps": json.dumps(clip.timestamps)})
+    assert cache.times(samples[0].video) == (pytest.approx(clip.timestamps), None)
     extract_features(timed, [samples[0].video], cache, progress=False)
-    assert cache.timestamps(samples[0].video) == pytest.approx(clip.timestamps)
+    assert cache.times(samples[0].video)[1] is None
+    extract_features(ended, [samples[0].video], cache, progress=False)
+    assert cache.times(samples[0].video)[1] == pytest.approx(clip.duration)
+    # a store file written before times were kept is extracted again
+    save_file(load_file(str(path)), str(path), metadata={"video": "old"})
+    assert cache.times(samples[0].video) is None
+    extract_features(timed, [samples[0].video], cache, progress=False)
+    assert cache.times(samples[0].video)[0] == pytest.approx(clip.timestamps)
 
 
 def test_epoch_batches_cover_the_data_and_split_evenly():

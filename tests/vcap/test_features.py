@@ -43,7 +43,7 @@ def test_memory_does_not_grow_with_the_number_of_clips(tmp_path):
         video = tmp_path / "clips" / f"{i:05d}.mp4"
         video.parent.mkdir(exist_ok=True)
         video.write_bytes(b"a video")  # never decoded: its features are in the store
-        cache.put(video, torch.randn(8, 16, 256), [k / 4 for k in range(8)])  # 64 KiB each in bfloat16: 150 MiB for all
+        cache.put(video, torch.randn(8, 16, 256), [k / 4 for k in range(8)], 2.0)  # 64 KiB each in bfloat16: 150 MiB for all
         lines.append(f'{{"video": "{video}", "caption": "Two red circles move left.", "lang": "en"}}\n')
     (tmp_path / "manifest.jsonl").write_text("".join(lines))
     assert cache.get(tmp_path / "clips" / "00000.mp4").dtype == torch.bfloat16

@@ -82,3 +82,7 @@ def test_time_labels_match_qwen3_vl(processor, indices, fps, stride):
     assert qwen3_vl_placeholder(indices, fps, 4, stride) + "Describe." in text
     assert ids.count(VIDEO_PAD) == layout.num_tokens
     assert VideoLayout.of(8, projector.temporal_groups(len(times)), None) == VideoLayout(8)  # timestamps: none
+    # frames.end_label: where the video stops, as one more label after the last group
+    ended = VideoLayout.of(layout.num_tokens, projector.temporal_groups(len(times)), times, end=5.5)
+    text = processor.tokenizer.decode(processor.prompt_ids(ended, "Describe.", thinking=False))
+    assert qwen3_vl_placeholder(indices, fps, 4, stride) + "<5.5 seconds>Describe." in text

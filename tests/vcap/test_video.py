@@ -97,6 +97,10 @@ def test_segments_and_timestamps():
     assert all(2.0 <= t < 4.0 for t in seg.timestamps)
     assert seg.timestamps == [i / 25.0 for i in seg.indices]
     assert seg.window == (2.0, 4.0)
+    # where the sampled span stops (frames.end_label): the window's end, or the video's
+    assert seg.end == 4.0
+    assert read_frames(path, num_frames=2, start=4.0, end=60.0).end == pytest.approx(132 / 25)
+    assert read_frames(path, num_frames=2).end == pytest.approx(132 / 25)
     with pytest.raises(ValueError, match="empty window"):
         read_frames(path, start=3.0, end=3.0)
 

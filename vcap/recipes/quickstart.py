@@ -71,7 +71,9 @@ def stage_config(path: Path, out: Path, timestamps: str | None = None):
 
     raw = move(read_config_file(path))
     if timestamps is not None and not raw.get("data", {}).get("text_only"):
-        raw.setdefault("model", {}).setdefault("frames", {})["timestamps"] = timestamps
+        frames = raw.setdefault("model", {}).setdefault("frames", {})
+        frames["timestamps"] = timestamps
+        frames["end_label"] = frames.get("end_label", False) and timestamps == "text"  # a label among labels
     return config_from_dict(RunConfig, raw, where=str(path))
 
 
