@@ -41,16 +41,18 @@ def test_the_dense_stage_starts_from_stage_2_on_the_multi_event_clips(tmp_path):
     assert dense.model.language_model == lora.model.language_model == str(tmp_path / "text_lm")
     assert dense.data.train == str(tmp_path / "data-dense" / "train.jsonl")
     assert dense.model.vision == lora.model.vision and dense.model.projector == lora.model.projector
-    frames = dense.model.frames  # by time: one frame a second, each after its time as text
-    assert (frames.strategy, frames.fps, frames.timestamps) == ("fps", 1, "text")
+    frames = dense.model.frames  # by time: two frames a second, each after its time as text
+    assert (frames.strategy, frames.fps, frames.max_frames, frames.timestamps) == ("fps", 2, 24, "text")
     assert dense.model.max_new_tokens >= 120  # three events of about 40 tokens
 
 
 def test_timestamps_none_sets_every_stage_that_reads_frames_for_the_ablation(tmp_path):
     for name in (*STAGES, DENSE_STAGE):
-        assert stage_config(configs_dir() / name, tmp_path).model.frames.timestamps == "text"
+        frames = stage_config(configs_dir() / name, tmp_path).model.frames
+        assert frames.timestamps == "text" and frames.end_label
         ablation = stage_config(configs_dir() / name, tmp_path, timestamps="none")
         assert ablation.model.frames.timestamps == ("text" if ablation.data.text_only else "none")
+        assert ablation.model.frames.end_label == ablation.data.text_only  # the end label is a time label too
     assert stage_config(configs_dir() / STAGES[0], tmp_path, timestamps="none").data.text_only  # stage 0 is kept
 
 
