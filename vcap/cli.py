@@ -32,7 +32,7 @@ EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 # name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("vcap.recipes.quickstart", "synthetic clips -> three training stages (four with --dense) -> export -> evaluation, offline (make quickstart)"),
+    "quickstart": ("vcap.recipes.quickstart", "synthetic clips -> four training stages (three with --no-dense) -> export -> evaluation of both tasks, offline (make quickstart)"),
     "train": ("vcap.train", "train the projector, LoRA adapters or the whole language model from a YAML config"),
     "caption": ("vcap.caption.command", "caption videos, folders, globs or manifests into JSONL/CSV (resumable; SRT/WebVTT with --segments)"),
     "eval": ("vcap.evaluate", "caption a manifest's videos and report BLEU-4, ROUGE-L, CIDEr-D"),

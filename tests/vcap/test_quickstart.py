@@ -150,7 +150,7 @@ def test_a_rerun_replaces_its_own_captioner(tmp_path, monkeypatch):
 
     trained, exports = _fake_run(tmp_path, monkeypatch)
     for _ in range(2):
-        assert quickstart.quickstart(tmp_path / "qs", progress=False)[1]
+        assert quickstart.quickstart(tmp_path / "qs", progress=False, dense=False)[1]
     assert [kw for _, _, kw in exports] == [{"overwrite": True}] * 2
     assert len(trained) == len(STAGES)  # the second run found every stage finished
 
@@ -159,7 +159,7 @@ def test_dense_trains_stage_3_after_a_stage_0_that_reads_the_event_text(tmp_path
     import vcap.recipes.quickstart as quickstart
 
     trained, exports = _fake_run(tmp_path, monkeypatch)
-    reports, met = quickstart.quickstart(tmp_path / "qs", progress=False, dense=True)
+    reports, met = quickstart.quickstart(tmp_path / "qs", progress=False)  # both tasks by default
     assert met and set(reports) == {"single", "dense"}
     assert [Path(cfg.train.out_dir).name for cfg in trained] == ["text_lm", "projector", "lora", "dense"]
     single, events = trained[0].data.train
@@ -182,14 +182,14 @@ def test_a_stage_that_starts_over_starts_the_later_stages_over(tmp_path, monkeyp
     import vcap.recipes.quickstart as quickstart
 
     trained, _ = _fake_run(tmp_path, monkeypatch)
-    quickstart.quickstart(tmp_path / "qs", progress=False)
+    quickstart.quickstart(tmp_path / "qs", progress=False, dense=False)
     saved = tmp_path / "qs" / "text_lm" / "config.yaml"
     saved.write_text(saved.read_text(encoding="utf-8").replace("epochs: 2", "epochs: 1"), encoding="utf-8")
     del trained[:]
-    quickstart.quickstart(tmp_path / "qs", progress=False)
+    quickstart.quickstart(tmp_path / "qs", progress=False, dense=False)
     assert [Path(cfg.train.out_dir).name for cfg in trained] == ["text_lm", "projector", "lora"]
     del trained[:]
-    quickstart.quickstart(tmp_path / "qs", progress=False)
+    quickstart.quickstart(tmp_path / "qs", progress=False, dense=False)
     assert trained == []  # and then nothing is repeated
 
 
@@ -212,3 +212,20 @@ def test_the_stage_configs_ship_inside_the_wheel(tmp_path):
     assert found.returncode == 0, found.stderr[-2000:]
     folder, ok = found.stdout.split()
     assert folder.startswith(str(tmp_path / "installed")) and ok == "True"
+
+
+def test_the_command_runs_both_tasks_in_one_folder_unless_told_no_dense(monkeypatch):
+    """`make quickstart` (`vcap quickstart`) trains and scores the single and the dense task in
+    runs/quickstart; --no-dense leaves the dense task out (same folder)."""
+    import argparse
+
+    import vcap.recipes.quickstart as quickstart
+
+    calls = []
+    monkeypatch.setattr(quickstart, "quickstart", lambda out, configs, target, **kw: calls.append((out, kw)) or ({}, True))
+    for argv in ([], ["--no-dense"], ["--dense", "--out", "elsewhere"]):
+        parser = argparse.ArgumentParser()
+        quickstart.add_arguments(parser)
+        assert quickstart.run(parser.parse_args(argv)) == 0
+    assert [(out, kw["dense"]) for out, kw in calls] == [
+        ("runs/quickstart", True), ("runs/quickstart", False), ("elsewhere", True)]
