@@ -215,11 +215,11 @@ def test_dense_samples_carry_their_event_times_and_windows(tokenizer, tmp_path):
               "events": [{"start": 0.0, "end": 2.0, "caption": "a up."}, {"start": 2.0, "end": 4.0, "caption": "b down."}]}
     single = {"video": "b.mp4", "lang": "en", "caption": "A red circle."}
     samples = [parse_sample(record, tmp_path), parse_sample(single, tmp_path)]
-    cache = SimpleNamespace(timestamps=lambda video: [1.0, 3.0], get=lambda video: None)
+    cache = SimpleNamespace(times=lambda video: ([1.0, 3.0], 4.0), get=lambda video: None)
     for windows_on in (True, False):
         captioner = SimpleNamespace(
             tokenizer=tokenizer, config=SimpleNamespace(system_prompt=None, event_windows=windows_on),
-            video_layout=lambda times: VideoLayout(4, (("<1.0 seconds>", 2), ("<3.0 seconds>", 2))),
+            video_layout=lambda times, end: VideoLayout(4, (("<1.0 seconds>", 2), ("<3.0 seconds>", 2))),
             group_times=lambda times: list(times))
         data = CaptionDataset(samples, cache, captioner, DenseOptions(window_jitter=0.0))
         assert len(data.event_times[0]) > 10 and len(data.event_times[1]) == 0
