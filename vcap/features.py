@@ -115,7 +115,7 @@ def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, pro
     """Store the features of every readable video of ``videos`` that the cache does not hold yet;
     returns the reason for each video that could not be read. Nothing is kept in memory. With
     ``device`` (the GPU a run trains on) the vision tower runs there meanwhile, then goes back."""
-    todo = [video for video in dict.fromkeys(videos) if not stored(cache, video, captioner.config.frames.end_label)]
+    todo = [video for video in dict.fromkeys(videos) if not _stored(cache, video, captioner.config.frames.end_label)]
     home = captioner.vision.device
     if device is None or not todo or torch.device(device) == home:
         return _extract(captioner, todo, cache, progress, batch)
@@ -126,7 +126,7 @@ def extract_features(captioner, videos: Sequence[Path], cache: FeatureCache, pro
         captioner.vision.to(home)
 
 
-def stored(cache: FeatureCache, video: Path, end_label: bool) -> bool:
+def _stored(cache: FeatureCache, video: Path, end_label: bool) -> bool:
     """Whether the cache holds what a captioner needs of ``video``: its features and times, and
     with ``end_label`` where their span ends."""
     found = cache.times(video)

@@ -97,7 +97,7 @@ def test_time_labelled_prompts_keep_the_video_embeddings_in_order(clips):
         timed.video_layout(clip.timestamps)
     for frames, end in ((clip, clip.duration), (read_frames(clips[0], num_frames=4, size=64, start=0.25, end=1.0), 1.0),
                         (clip.frames, 4.0)):
-        ids, _, embeds, _ = timed.prepare([timed.read(frames)], GenerationOptions(lang="en"))
+        ids = timed.prepare([timed.read(frames)], GenerationOptions(lang="en"))[0]
         assert f"<|vision_end|><{end:.1f} seconds>Describe this video in detail." in timed.tokenizer.decode(ids[0].tolist())
 
 
