@@ -1,6 +1,6 @@
 """Event windows (vcap/windows.py): which tokens get a window, which video tokens it hides, and
 that training (one forward over the whole sample) and captioning (token by token, KV cache) hide
-the same keys at every token."""
+the same keys at every token, as transformers' Qwen3 does given the same mask."""
 
 from __future__ import annotations
 
@@ -112,9 +112,14 @@ def test_collate_builds_the_mask_only_when_a_sample_has_windows(tokenizer):
     assert visibility([[], []], 4) is None
 
 
-def test_captioning_hides_the_keys_training_hides(tokenizer):
+def test_captioning_hides_the_keys_training_hides(tokenizer, tmp_path):
     """The answer fed token by token through the KV cache with WindowedDecoding gives the logits of
-    one forward over the whole sample with the training mask; and the windows change them."""
+    one forward over the whole sample with the training mask, and transformers' Qwen3 given that
+    mask as a custom 4D attention mask gives them too; and the windows change them."""
+    from transformers import Qwen3ForCausalLM as Reference
+
+    from qwen3_backbone import save_pretrained
+
     captioner = tiny_captioner(seed=3, event_windows=True,
                                frames=FramesConfig(num_frames=4, size=64, timestamps="text")).eval()
     clip = captioner.read(np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8))
@@ -141,8 +146,15 @@ def test_captioning_hides_the_keys_training_hides(tokenizer):
         trained_logits = backbone(inputs_embeds=full, visible=visible)[0, S:]
         plain_logits = backbone(inputs_embeds=full)[0, S:]
 
+        # the reference: causal, minus what the windows hide; a query always sees itself
+        allowed = torch.ones(S + n, S + n, dtype=torch.bool).tril() & (visible[0] | torch.eye(S + n, dtype=torch.bool))
+        custom = torch.zeros(1, 1, S + n, S + n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        reference = Reference.from_pretrained(save_pretrained(backbone, tmp_path / "lm")).eval()
+        reference_logits = reference(inputs_embeds=full, attention_mask=custom).logits[0, S:]
+
     assert sorted(math.isfinite(window[1]) for _, window in caption_runs(tokenizer, full_ids, [False] * S + [True] * n)) == [False] * 3 + [True] * 2
     assert (stepped - trained_logits).abs().max().item() <= 1e-4
+    assert (reference_logits - trained_logits).abs().max().item() <= 1e-4
     windowed = torch.tensor([j - S for queries, _ in runs for j in queries])
     assert (trained_logits[windowed] - plain_logits[windowed]).abs().max().item() > 1e-2
 
