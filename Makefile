@@ -15,11 +15,13 @@ export TOKENIZERS_PARALLELISM ?= false
 install: $(STAMP)
 
 # torch first, pinned (pip takes the local CPU wheel); then the project and its dev extras
-# under constraints.txt, which pins torch and the matching torchvision.
-$(STAMP): pyproject.toml constraints.txt
+# under constraints.txt, which pins torch and the matching torchvision. Editable in setuptools'
+# compat mode (the source folder on sys.path): its default finder is asked only after the current
+# directory, so Python started in a run folder took its `projector/` for the package.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 test: install

@@ -35,6 +35,18 @@ def test_vcap_makes_torchvision_and_its_dependents_importable():
     assert result.stdout.startswith("ok")
 
 
+def test_a_run_folder_does_not_shadow_vcaps_packages(tmp_path):
+    """A run folder holds a `projector/` folder (stage 1's output; a checkpoint's weights), and
+    Python started there (a notebook, `python -c`) puts it first on sys.path. vcap's packages must
+    still be the ones imported: `make install` installs in setuptools' compat editable mode, whose
+    path entry finds the regular packages; its default finder came after the folder."""
+    for name in ("projector", "qwen3_backbone", "vcap"):
+        (tmp_path / name).mkdir()
+    result = subprocess.run([sys.executable, "-c", "import vcap.builder; print('ok')"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
 def test_the_fix_acts_only_when_the_compiled_ops_cannot_load():
     needed = not compiled_torchvision_loads()
     result = run_python("import vcap.torchvision_fix as f, sys; print(f.apply())")
