@@ -8,8 +8,8 @@ import sys
 import pytest
 
 
-def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def run_python(code: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def compiled_torchvision_loads() -> bool:
@@ -42,9 +42,9 @@ def test_a_run_folder_does_not_shadow_vcaps_packages(tmp_path):
     path entry finds the regular packages; its default finder came after the folder."""
     for name in ("projector", "qwen3_backbone", "vcap"):
         (tmp_path / name).mkdir()
-    result = subprocess.run([sys.executable, "-c", "import vcap.builder; print('ok')"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = run_python("import vcap.builder, projector; print('ok', projector.__file__)", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+    assert str(tmp_path) not in result.stdout  # the package's own __init__.py, not the folder
 
 
 def test_the_fix_acts_only_when_the_compiled_ops_cannot_load():
